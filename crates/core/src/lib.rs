@@ -1,0 +1,19 @@
+//! tollgate's core: everything that needs no IO.
+//!
+//! # Layout
+//! - [`chat`]: the canonical request and response types. They are OpenAI's Chat
+//!   Completions shapes, because that is what clients speak; every provider codec
+//!   translates to and from them. Unknown request fields are kept in `extra` maps.
+//! - [`error`]: the error kinds of the gateway and of upstreams, with who is to blame
+//!   and whether a retry is safe. The one mapping to HTTP lives in the server.
+//! - [`provider`]: provider ids (`openai`, `deepseek`, ...) and `provider/model` names.
+//! - [`sse`]: an incremental Server-Sent-Events parser tolerant of every vendor's quirks.
+
+pub mod chat;
+pub mod error;
+pub mod provider;
+pub mod sse;
+
+pub use chat::{ChatChunk, ChatRequest, ChatResponse, Usage};
+pub use error::{GatewayError, UpstreamError, UpstreamErrorKind};
+pub use provider::{ModelRef, ProviderKind};
