@@ -7,13 +7,16 @@
 //! - [`error`]: the error kinds of the gateway and of upstreams, with who is to blame
 //!   and whether a retry is safe. The one mapping to HTTP lives in the server.
 //! - [`provider`]: provider ids (`openai`, `deepseek`, ...) and `provider/model` names.
+//! - [`secret`]: [`Secret`], a string that prints as `*****`.
 //! - [`sse`]: an incremental Server-Sent-Events parser tolerant of every vendor's quirks.
 
 pub mod chat;
 pub mod error;
 pub mod provider;
+pub mod secret;
 pub mod sse;
 
 pub use chat::{ChatChunk, ChatRequest, ChatResponse, Usage};
 pub use error::{GatewayError, UpstreamError, UpstreamErrorKind};
 pub use provider::{ModelRef, ProviderKind};
+pub use secret::Secret;

@@ -1,0 +1,144 @@
+//! The codec contract every provider module fulfils: pure translation, no IO.
+//!
+//! A codec turns the canonical request into the vendor's request (URL, headers, signed
+//! body, or a WebSocket URL and first frame) and the vendor's bytes back into canonical
+//! responses or stream events. The server's one upstream client does all IO around it:
+//!
+//! ```text
+//! ChatRequest --encode--> Outbound --(server sends)--> status + bytes
+//!        bytes --decode / stream_decoder().feed--> ChatResponse | StreamEvent*
+//! ```
+//!
+//! Time and credentials come in through [`EncodeCtx`], so signing is deterministic and
+//! tested against the vendors' published worked examples.
+
+use chrono::{DateTime, Utc};
+use tollgate_core::chat::{ChatChunk, ChatRequest, ChatResponse, Usage};
+use tollgate_core::{GatewayError, Secret, UpstreamError};
+
+/// Credentials of one provider, as configured. Which fields a vendor needs is the
+/// codec's business; the server only stores and passes them.
+#[derive(Debug, Clone, Default)]
+pub struct Credentials {
+    /// Bearer key (OpenAI family, Anthropic, Gemini, Zhipu `id.secret`, Ark, DashScope),
+    /// Baidu API Key, iFlytek APIKey, Tencent SecretId.
+    pub api_key: Option<Secret>,
+    /// Baidu Secret Key, iFlytek APISecret, Tencent SecretKey.
+    pub secret_key: Option<Secret>,
+    /// iFlytek AppID, Tencent AppId.
+    pub app_id: Option<String>,
+    /// A token fetched at run time (ERNIE's OAuth access token); set by the server.
+    pub access_token: Option<Secret>,
+}
+
+/// What a codec needs to encode one request.
+#[derive(Debug, Clone)]
+pub struct EncodeCtx<'a> {
+    /// The provider's base URL, without a trailing slash.
+    pub base_url: &'a str,
+    /// The model id the vendor expects (after aliasing and endpoint-id mapping).
+    pub upstream_model: &'a str,
+    pub credentials: &'a Credentials,
+    /// The time to sign with.
+    pub now: DateTime<Utc>,
+    /// Whether to ask the vendor for a stream.
+    pub stream: bool,
+}
+
+/// What a codec needs to decode: values to fill in where the vendor sends none.
+#[derive(Debug, Clone)]
+pub struct DecodeCtx {
+    /// Used as the response id when the vendor sends none.
+    pub request_id: String,
+    /// Unix seconds, used when the vendor sends no `created`.
+    pub created: i64,
+    /// The model name to report when the vendor sends none.
+    pub model: String,
+}
+
+/// One HTTP request, ready to send.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HttpRequest {
+    pub method: &'static str,
+    pub url: String,
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+}
+
+/// A WebSocket exchange: connect to `url`, send `frame`, read frames until the end.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WsRequest {
+    pub url: String,
+    pub headers: Vec<(String, String)>,
+    pub frame: String,
+}
+
+/// What to send upstream.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outbound {
+    Http(HttpRequest),
+    WebSocket(WsRequest),
+}
+
+/// A canonical stream event decoded from the vendor's stream.
+#[derive(Debug, Clone, PartialEq)]
+pub enum StreamEvent {
+    /// A chunk with content, tool-call fragments or a finish reason (`usage` unset).
+    Chunk(ChatChunk),
+    /// Usage so far. Vendors report it once, cumulatively or repeatedly: last wins.
+    Usage(Usage),
+    /// The vendor's normal end of stream (`[DONE]`, `message_stop`, a final frame).
+    Done,
+}
+
+/// Decodes one stream, incrementally.
+pub trait StreamDecoder: Send {
+    /// Feeds the next bytes of an HTTP body, or one whole WebSocket message, and pushes
+    /// the events they complete. An `Err` is a vendor error reported in the stream.
+    fn feed(&mut self, data: &[u8], out: &mut Vec<StreamEvent>) -> Result<(), UpstreamError>;
+
+    /// The upstream closed the stream. Vendors whose streams end at EOF push
+    /// [`StreamEvent::Done`] here; others push nothing, and a missing `Done` tells the
+    /// server the stream was cut.
+    fn finish(&mut self, out: &mut Vec<StreamEvent>) -> Result<(), UpstreamError>;
+}
+
+/// A vendor protocol.
+pub trait Codec: Send + Sync + 'static {
+    /// The vendor's request for `req`. Fails (as a client error) only when the request
+    /// cannot be expressed in the vendor's protocol.
+    fn encode(&self, req: &ChatRequest, ctx: &EncodeCtx<'_>) -> Result<Outbound, GatewayError>;
+
+    /// A complete non-stream response. Vendors that report errors with HTTP 200 are
+    /// recognised here too.
+    fn decode(&self, status: u16, body: &[u8], ctx: &DecodeCtx)
+        -> Result<ChatResponse, UpstreamError>;
+
+    /// The error a failed response carries (any status ≥ 400, or a non-stream body sent
+    /// in answer to a stream request). `retry_after` is the header's value, if any.
+    fn decode_error(&self, status: u16, body: &[u8], retry_after: Option<u64>) -> UpstreamError;
+
+    /// A decoder for one stream. `content_type` is the response's Content-Type.
+    fn stream_decoder(&self, ctx: &DecodeCtx, content_type: Option<&str>)
+        -> Box<dyn StreamDecoder>;
+}
+
+/// Joins a base URL and a path with exactly one slash.
+pub fn join_url(base: &str, path: &str) -> String {
+    format!(
+        "{}/{}",
+        base.trim_end_matches('/'),
+        path.trim_start_matches('/')
+    )
+}
+
+/// A short, safe excerpt of an unparseable body for an error message.
+pub fn excerpt(body: &[u8]) -> String {
+    let s = String::from_utf8_lossy(body);
+    let s = s.trim();
+    if s.chars().count() > 200 {
+        format!("{}…", s.chars().take(200).collect::<String>())
+    } else {
+        s.to_owned()
+    }
+}

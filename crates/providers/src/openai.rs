@@ -1,0 +1,448 @@
+//! The OpenAI Chat Completions protocol and the vendors that speak a dialect of it:
+//! OpenAI, DeepSeek, Moonshot, Mistral and any `openai_compatible` server.
+//!
+//! Dialects ([`Flavor`]) differ in small, documented ways (../shared/vendors/PROTOCOLS.md):
+//! - Mistral rejects unknown fields and `stream_options`, spells `seed` as
+//!   `random_seed`, and always sends usage on the final stream chunk;
+//! - Moonshot takes temperature in [0, 1] and puts stream usage inside the choice;
+//! - DeepSeek reports cache hits as `prompt_cache_hit_tokens`.
+//!
+//! On a stream tollgate always asks for usage (`stream_options.include_usage`) where the
+//! vendor accepts it; the server passes the usage chunk on only to clients that asked.
+
+use serde::Deserialize;
+use serde_json::{Map, Value};
+use tollgate_core::chat::{ChatChunk, ChatRequest, ChatResponse, ChunkChoice, StreamOptions, Usage};
+use tollgate_core::sse::{SseEvent, SseParser};
+use tollgate_core::{GatewayError, UpstreamError, UpstreamErrorKind};
+
+use crate::codec::{
+    excerpt, join_url, Codec, DecodeCtx, EncodeCtx, HttpRequest, Outbound, StreamDecoder,
+    StreamEvent,
+};
+
+/// Which dialect of the OpenAI protocol a provider speaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Flavor {
+    OpenAi,
+    DeepSeek,
+    Moonshot,
+    Mistral,
+    /// vLLM, llama.cpp, Ollama, ...: forward everything, ask for stream usage.
+    Compatible,
+}
+
+/// The OpenAI-family codec.
+#[derive(Debug, Clone)]
+pub struct OpenAiCodec {
+    pub flavor: Flavor,
+}
+
+impl OpenAiCodec {
+    pub fn new(flavor: Flavor) -> Self {
+        OpenAiCodec { flavor }
+    }
+}
+
+/// Request fields Mistral's API accepts; anything else is dropped, since Mistral
+/// answers unknown fields with a 422.
+const MISTRAL_FIELDS: &[&str] = &[
+    "model",
+    "messages",
+    "temperature",
+    "top_p",
+    "max_tokens",
+    "stream",
+    "stop",
+    "random_seed",
+    "response_format",
+    "tools",
+    "tool_choice",
+    "presence_penalty",
+    "frequency_penalty",
+    "n",
+    "safe_prompt",
+    "parallel_tool_calls",
+    "prediction",
+    "prompt_mode",
+];
+
+impl Codec for OpenAiCodec {
+    fn encode(&self, req: &ChatRequest, ctx: &EncodeCtx<'_>) -> Result<Outbound, GatewayError> {
+        let mut req = req.clone();
+        req.model = ctx.upstream_model.to_owned();
+        req.stream = Some(ctx.stream);
+        if ctx.stream && self.flavor != Flavor::Mistral {
+            let opts = req.stream_options.get_or_insert_with(StreamOptions::default);
+            opts.include_usage = Some(true);
+        } else {
+            req.stream_options = None;
+        }
+        if self.flavor == Flavor::Moonshot {
+            if let Some(t) = req.temperature.as_mut() {
+                *t = t.clamp(0.0, 1.0);
+            }
+        }
+        let mut body = serde_json::to_value(&req).map_err(|_| GatewayError::internal())?;
+        if self.flavor == Flavor::Mistral {
+            if let Value::Object(map) = &mut body {
+                if let Some(seed) = map.remove("seed") {
+                    map.insert("random_seed".into(), seed);
+                }
+                if let Some(m) = map.remove("max_completion_tokens") {
+                    map.entry("max_tokens").or_insert(m);
+                }
+                map.retain(|k, _| MISTRAL_FIELDS.contains(&k.as_str()));
+            }
+        }
+        let body = serde_json::to_vec(&body).map_err(|_| GatewayError::internal())?;
+        let mut headers = vec![
+            ("content-type".to_owned(), "application/json".to_owned()),
+            (
+                "accept".to_owned(),
+                if ctx.stream { "text/event-stream" } else { "application/json" }.to_owned(),
+            ),
+        ];
+        if let Some(key) = &ctx.credentials.api_key {
+            headers.push(("authorization".to_owned(), format!("Bearer {}", key.expose())));
+        }
+        Ok(Outbound::Http(HttpRequest {
+            method: "POST",
+            url: join_url(ctx.base_url, "chat/completions"),
+            headers,
+            body,
+        }))
+    }
+
+    fn decode(&self, status: u16, body: &[u8], ctx: &DecodeCtx) -> Result<ChatResponse, UpstreamError> {
+        if status >= 400 {
+            return Err(self.decode_error(status, body, None));
+        }
+        // DeepSeek may send blank lines before the JSON while the request queues.
+        let trimmed = trim_ascii_start(body);
+        let v: Value = serde_json::from_slice(trimmed)
+            .map_err(|e| UpstreamError::protocol(format!("response is not JSON: {e}")))?;
+        if v.get("error").is_some_and(|e| !e.is_null()) {
+            return Err(self.decode_error(status, trimmed, None));
+        }
+        let mut resp: ChatResponse = serde_json::from_value(v)
+            .map_err(|e| UpstreamError::protocol(format!("unexpected response shape: {e}")))?;
+        if resp.id.is_empty() {
+            resp.id.clone_from(&ctx.request_id);
+        }
+        Ok(resp)
+    }
+
+    fn decode_error(&self, status: u16, body: &[u8], retry_after: Option<u64>) -> UpstreamError {
+        decode_openai_error(status, body, retry_after)
+    }
+
+    fn stream_decoder(&self, ctx: &DecodeCtx, _content_type: Option<&str>) -> Box<dyn StreamDecoder> {
+        Box::new(OpenAiStream::new(ctx.clone()))
+    }
+}
+
+fn trim_ascii_start(b: &[u8]) -> &[u8] {
+    let n = b.iter().take_while(|c| c.is_ascii_whitespace()).count();
+    &b[n..]
+}
+
+/// Reads an OpenAI-style error body (and the variants OpenAI-compatible vendors send:
+/// Mistral's flat `{"message"}` / `{"detail"}`, Moonshot's type-only errors, Zhipu's
+/// string codes) and classifies it.
+pub fn decode_openai_error(status: u16, body: &[u8], retry_after: Option<u64>) -> UpstreamError {
+    let v: Value = serde_json::from_slice(trim_ascii_start(body)).unwrap_or(Value::Null);
+    let err = v.get("error").filter(|e| e.is_object()).unwrap_or(&v);
+    let message = err
+        .get("message")
+        .or_else(|| err.get("detail"))
+        .and_then(Value::as_str)
+        .map(str::to_owned)
+        .unwrap_or_else(|| {
+            if body.is_empty() {
+                format!("HTTP {status} with an empty body")
+            } else {
+                excerpt(body)
+            }
+        });
+    let code = err.get("code").and_then(|c| match c {
+        Value::String(s) => Some(s.clone()),
+        Value::Number(n) => Some(n.to_string()),
+        _ => None,
+    });
+    let etype = err.get("type").and_then(Value::as_str).unwrap_or_default();
+    let mut kind = UpstreamError::kind_for_status(status);
+    let tag = format!("{etype} {}", code.as_deref().unwrap_or_default());
+    if tag.contains("insufficient_quota") || tag.contains("exceeded_current_quota") {
+        kind = UpstreamErrorKind::QuotaExhausted;
+    } else if tag.contains("content_filter") || tag.contains("DataInspectionFailed") {
+        kind = UpstreamErrorKind::ContentFilter;
+    } else if tag.contains("engine_overloaded") {
+        kind = UpstreamErrorKind::Overloaded;
+    } else if status == 200 {
+        // An error object inside a 200 (some OpenAI-compatible servers do this).
+        kind = UpstreamErrorKind::Server;
+    }
+    let mut e = UpstreamError::new(kind, message).with_retry_after(retry_after);
+    if status != 200 {
+        e = e.with_status(status);
+    }
+    if let Some(c) = code.or_else(|| (!etype.is_empty()).then(|| etype.to_owned())) {
+        e = e.with_vendor_code(c);
+    }
+    e
+}
+
+/// A stream chunk as OpenAI-family vendors send it: OpenAI's chunk, plus Moonshot's
+/// usage inside the choice.
+#[derive(Deserialize)]
+struct WireChunk {
+    #[serde(default)]
+    id: String,
+    #[serde(default)]
+    created: i64,
+    #[serde(default)]
+    model: String,
+    #[serde(default)]
+    choices: Vec<WireChunkChoice>,
+    #[serde(default)]
+    usage: Option<Usage>,
+    #[serde(default)]
+    system_fingerprint: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct WireChunkChoice {
+    #[serde(flatten)]
+    choice: ChunkChoice,
+    #[serde(default)]
+    usage: Option<Usage>,
+}
+
+/// Decodes an OpenAI-style SSE stream.
+pub struct OpenAiStream {
+    sse: SseParser,
+    events: Vec<SseEvent>,
+    ctx: DecodeCtx,
+    done: bool,
+}
+
+impl OpenAiStream {
+    pub fn new(ctx: DecodeCtx) -> Self {
+        OpenAiStream {
+            sse: SseParser::new(),
+            events: Vec::new(),
+            ctx,
+            done: false,
+        }
+    }
+
+    fn handle(&mut self, ev: &SseEvent, out: &mut Vec<StreamEvent>) -> Result<(), UpstreamError> {
+        let data = ev.data.trim();
+        if data.is_empty() || self.done {
+            return Ok(());
+        }
+        if data == "[DONE]" {
+            self.done = true;
+            out.push(StreamEvent::Done);
+            return Ok(());
+        }
+        let v: Value = serde_json::from_str(data).map_err(|e| {
+            UpstreamError::protocol(format!("stream event is not JSON ({e}): {}", excerpt(data.as_bytes())))
+        })?;
+        if v.get("error").is_some_and(|e| !e.is_null()) {
+            let mut e = decode_openai_error(200, data.as_bytes(), None);
+            e.status = None;
+            return Err(e);
+        }
+        let wire: WireChunk = serde_json::from_value(v)
+            .map_err(|e| UpstreamError::protocol(format!("unexpected chunk shape: {e}")))?;
+        let mut usage = wire.usage;
+        let mut choices = Vec::with_capacity(wire.choices.len());
+        for c in wire.choices {
+            if c.usage.is_some() {
+                usage = usage.or(c.usage);
+            }
+            choices.push(c.choice);
+        }
+        if !choices.is_empty() {
+            out.push(StreamEvent::Chunk(ChatChunk {
+                id: if wire.id.is_empty() { self.ctx.request_id.clone() } else { wire.id },
+                object: "chat.completion.chunk".to_owned(),
+                created: if wire.created == 0 { self.ctx.created } else { wire.created },
+                model: if wire.model.is_empty() { self.ctx.model.clone() } else { wire.model },
+                choices,
+                system_fingerprint: wire.system_fingerprint,
+                usage: None,
+            }));
+        }
+        if let Some(u) = usage {
+            out.push(StreamEvent::Usage(u));
+        }
+        Ok(())
+    }
+}
+
+impl StreamDecoder for OpenAiStream {
+    fn feed(&mut self, data: &[u8], out: &mut Vec<StreamEvent>) -> Result<(), UpstreamError> {
+        self.sse.feed(data, &mut self.events);
+        let events = std::mem::take(&mut self.events);
+        for ev in &events {
+            self.handle(ev, out)?;
+        }
+        Ok(())
+    }
+
+    fn finish(&mut self, out: &mut Vec<StreamEvent>) -> Result<(), UpstreamError> {
+        self.sse.finish(&mut self.events);
+        let events = std::mem::take(&mut self.events);
+        for ev in &events {
+            self.handle(ev, out)?;
+        }
+        Ok(())
+    }
+}
+
+/// Removes the fields of `map` whose value is JSON `null`.
+pub fn drop_nulls(map: &mut Map<String, Value>) {
+    map.retain(|_, v| !v.is_null());
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::codec::Credentials;
+    use serde_json::json;
+    use tollgate_core::Secret;
+
+    fn ctx<'a>(creds: &'a Credentials, stream: bool) -> EncodeCtx<'a> {
+        EncodeCtx {
+            base_url: "http://127.0.0.1:9/v1/",
+            upstream_model: "deepseek-chat",
+            credentials: creds,
+            now: chrono::DateTime::from_timestamp(1_700_000_000, 0).unwrap(),
+            stream,
+        }
+    }
+
+    fn dctx() -> DecodeCtx {
+        DecodeCtx { request_id: "req-1".into(), created: 1, model: "m".into() }
+    }
+
+    fn body(o: &Outbound) -> Value {
+        match o {
+            Outbound::Http(h) => serde_json::from_slice(&h.body).unwrap(),
+            Outbound::WebSocket(_) => unreachable!(),
+        }
+    }
+
+    fn request(v: Value) -> ChatRequest {
+        serde_json::from_value(v).unwrap()
+    }
+
+    #[test]
+    fn encode_injects_stream_usage_and_keeps_unknown_fields() {
+        let creds = Credentials { api_key: Some(Secret::new("sk-up")), ..Default::default() };
+        let req = request(json!({"model":"deepseek/deepseek-chat","messages":[{"role":"user","content":"hi"}],
+            "stream":true,"logit_bias":{"5":1}}));
+        let out = OpenAiCodec::new(Flavor::DeepSeek).encode(&req, &ctx(&creds, true)).unwrap();
+        let Outbound::Http(h) = &out else { unreachable!() };
+        assert_eq!(h.url, "http://127.0.0.1:9/v1/chat/completions");
+        assert!(h.headers.contains(&("authorization".into(), "Bearer sk-up".into())));
+        assert_eq!(
+            body(&out),
+            json!({"model":"deepseek-chat","messages":[{"role":"user","content":"hi"}],"stream":true,
+                "stream_options":{"include_usage":true},"logit_bias":{"5":1}})
+        );
+    }
+
+    #[test]
+    fn mistral_drops_unknown_fields_and_renames_seed() {
+        let creds = Credentials::default();
+        let req = request(json!({"model":"m","messages":[{"role":"user","content":"hi"}],"seed":7,
+            "logit_bias":{"5":1},"stream":true,"stream_options":{"include_usage":true},"user":"u"}));
+        let out = OpenAiCodec::new(Flavor::Mistral).encode(&req, &ctx(&creds, true)).unwrap();
+        assert_eq!(
+            body(&out),
+            json!({"model":"deepseek-chat","messages":[{"role":"user","content":"hi"}],"stream":true,"random_seed":7})
+        );
+    }
+
+    #[test]
+    fn moonshot_clamps_temperature() {
+        let creds = Credentials::default();
+        let req = request(json!({"model":"m","messages":[{"role":"user","content":"hi"}],"temperature":1.6}));
+        let out = OpenAiCodec::new(Flavor::Moonshot).encode(&req, &ctx(&creds, false)).unwrap();
+        assert_eq!(body(&out)["temperature"], json!(1.0));
+    }
+
+    #[test]
+    fn decodes_deepseek_usage_with_cache_hits() {
+        let body = br#"
+
+{"id":"x","object":"chat.completion","created":5,"model":"deepseek-chat","choices":[{"index":0,"message":{"role":"assistant","content":"hi"},"finish_reason":"stop"}],
+"usage":{"prompt_tokens":100,"completion_tokens":7,"total_tokens":107,"prompt_cache_hit_tokens":64,"prompt_cache_miss_tokens":36}}"#;
+        let r = OpenAiCodec::new(Flavor::DeepSeek).decode(200, body, &dctx()).unwrap();
+        let u = r.usage.unwrap();
+        assert_eq!((u.prompt_tokens, u.completion_tokens, u.cached_tokens), (100, 7, 64));
+    }
+
+    fn stream_all(flavor: Flavor, input: &str, piece: usize) -> Result<Vec<StreamEvent>, UpstreamError> {
+        let mut d = OpenAiCodec::new(flavor).stream_decoder(&dctx(), Some("text/event-stream"));
+        let mut out = Vec::new();
+        for c in input.as_bytes().chunks(piece) {
+            d.feed(c, &mut out)?;
+        }
+        d.finish(&mut out)?;
+        Ok(out)
+    }
+
+    #[test]
+    fn moonshot_usage_inside_choice_and_trailing_usage_last_wins() {
+        let input = concat!(
+            "data: {\"id\":\"c\",\"created\":1,\"model\":\"moonshot-v1-8k\",\"choices\":[{\"index\":0,\"delta\":{\"role\":\"assistant\",\"content\":\"Hi\"},\"finish_reason\":null}]}\n\n",
+            "data: {\"id\":\"c\",\"created\":1,\"model\":\"moonshot-v1-8k\",\"choices\":[{\"index\":0,\"delta\":{},\"finish_reason\":\"stop\",\"usage\":{\"prompt_tokens\":10,\"completion_tokens\":5,\"total_tokens\":15}}]}\n\n",
+            "data: {\"id\":\"c\",\"created\":1,\"model\":\"moonshot-v1-8k\",\"choices\":[],\"usage\":{\"prompt_tokens\":10,\"completion_tokens\":5,\"total_tokens\":15}}\n\n",
+            "data: [DONE]\n\n"
+        );
+        for piece in [1, 7, 1000] {
+            let ev = stream_all(Flavor::Moonshot, input, piece).unwrap();
+            let chunks = ev.iter().filter(|e| matches!(e, StreamEvent::Chunk(_))).count();
+            let usages: Vec<_> = ev.iter().filter_map(|e| match e { StreamEvent::Usage(u) => Some(u), _ => None }).collect();
+            assert_eq!(chunks, 2);
+            assert_eq!(usages.len(), 2);
+            assert_eq!(usages.last().unwrap().completion_tokens, 5);
+            assert_eq!(ev.last(), Some(&StreamEvent::Done));
+        }
+    }
+
+    #[test]
+    fn mid_stream_error_is_an_error() {
+        let input = "data: {\"error\":{\"message\":\"overloaded\",\"type\":\"server_error\"}}\n\n";
+        let e = stream_all(Flavor::OpenAi, input, 5).unwrap_err();
+        assert_eq!(e.message, "overloaded");
+    }
+
+    #[test]
+    fn truncated_stream_has_no_done() {
+        let input = "data: {\"id\":\"c\",\"created\":1,\"model\":\"m\",\"choices\":[{\"index\":0,\"delta\":{\"content\":\"Hi\"},\"finish_reason\":null}]}\n\n";
+        let ev = stream_all(Flavor::OpenAi, input, 3).unwrap();
+        assert!(!ev.contains(&StreamEvent::Done));
+    }
+
+    #[test]
+    fn error_bodies_are_classified() {
+        let e = decode_openai_error(429, br#"{"error":{"message":"slow down","type":"requests","code":"rate_limit_exceeded"}}"#, Some(3));
+        assert_eq!((e.kind, e.retry_after_secs), (UpstreamErrorKind::RateLimited, Some(3)));
+        let e = decode_openai_error(429, br#"{"error":{"message":"quota","type":"insufficient_quota"}}"#, None);
+        assert_eq!(e.kind, UpstreamErrorKind::QuotaExhausted);
+        let e = decode_openai_error(400, br#"{"error":{"message":"high risk","type":"content_filter"}}"#, None);
+        assert_eq!(e.kind, UpstreamErrorKind::ContentFilter);
+        let e = decode_openai_error(401, br#"{"message":"Unauthorized","request_id":"r"}"#, None);
+        assert_eq!((e.kind, e.message.as_str()), (UpstreamErrorKind::Auth, "Unauthorized"));
+        let e = decode_openai_error(402, br#"{"error":{"message":"Insufficient Balance"}}"#, None);
+        assert_eq!(e.kind, UpstreamErrorKind::QuotaExhausted);
+        let e = decode_openai_error(502, b"<html>bad gateway</html>", None);
+        assert_eq!((e.kind, e.message.as_str()), (UpstreamErrorKind::Server, "<html>bad gateway</html>"));
+    }
+}
