@@ -1,1 +1,22 @@
-//! placeholder
+//! Local emulators of each vendor's native API, so the demo, the tests and the
+//! benchmarks run with no keys and no network. Each checks auth the way its vendor does,
+//! speaks the vendor's framing (quirks included), reports usage the vendor's way, and
+//! takes the same injectable [`faults`].
+//!
+//! # Layout
+//! - [`common`]: state, control routes (`/_emulator/faults`, `/_emulator/stats`),
+//!   streaming helpers.
+//! - [`faults`]: the fault language.
+//! - [`text`]: deterministic answers, token counts, JSON from a schema.
+//! - [`openai`]: OpenAI and its dialects (DeepSeek, Moonshot, Mistral).
+//! - [`registry`]: emulator names (`tollgate emulate NAME`) to routers.
+
+pub mod common;
+pub mod faults;
+pub mod openai;
+pub mod registry;
+pub mod text;
+
+pub use common::{serve, EmulatorOptions};
+pub use faults::Faults;
+pub use registry::{router_for, EmulatorKind};

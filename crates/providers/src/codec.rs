@@ -74,6 +74,11 @@ pub struct WsRequest {
 }
 
 /// What to send upstream.
+///
+/// A WebSocket exchange is always a stream: the server feeds each text message to the
+/// codec's [`StreamDecoder`] and, when the client asked for no stream, collects the
+/// events with [`crate::aggregate::aggregate`]. An HTTP request is a stream when
+/// [`EncodeCtx::stream`] was set.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Outbound {
     Http(HttpRequest),
@@ -111,8 +116,12 @@ pub trait Codec: Send + Sync + 'static {
 
     /// A complete non-stream response. Vendors that report errors with HTTP 200 are
     /// recognised here too.
-    fn decode(&self, status: u16, body: &[u8], ctx: &DecodeCtx)
-        -> Result<ChatResponse, UpstreamError>;
+    fn decode(
+        &self,
+        status: u16,
+        body: &[u8],
+        ctx: &DecodeCtx,
+    ) -> Result<ChatResponse, UpstreamError>;
 
     /// The error a failed response carries (any status ≥ 400, or a non-stream body sent
     /// in answer to a stream request). `retry_after` is the header's value, if any.
@@ -121,6 +130,28 @@ pub trait Codec: Send + Sync + 'static {
     /// A decoder for one stream. `content_type` is the response's Content-Type.
     fn stream_decoder(&self, ctx: &DecodeCtx, content_type: Option<&str>)
         -> Box<dyn StreamDecoder>;
+
+    /// For vendors that need a token fetched before the call (ERNIE's OAuth access
+    /// token): the request that fetches it. The server sends it, caches the token
+    /// (refreshing before it expires, and once more when a call fails with
+    /// [`UpstreamErrorKind::Auth`](tollgate_core::UpstreamErrorKind::Auth)), and passes it
+    /// back in [`Credentials::access_token`].
+    fn token_request(&self, _base_url: &str, _credentials: &Credentials) -> Option<HttpRequest> {
+        None
+    }
+
+    /// Reads the answer to [`Codec::token_request`].
+    fn decode_token(&self, status: u16, body: &[u8]) -> Result<FetchedToken, UpstreamError> {
+        Err(self.decode_error(status, body, None))
+    }
+}
+
+/// A token fetched by [`Codec::token_request`].
+#[derive(Debug, Clone)]
+pub struct FetchedToken {
+    pub token: tollgate_core::Secret,
+    /// Lifetime the vendor announced.
+    pub expires_in_secs: u64,
 }
 
 /// Joins a base URL and a path with exactly one slash.

@@ -12,7 +12,9 @@
 
 use serde::Deserialize;
 use serde_json::{Map, Value};
-use tollgate_core::chat::{ChatChunk, ChatRequest, ChatResponse, ChunkChoice, StreamOptions, Usage};
+use tollgate_core::chat::{
+    ChatChunk, ChatRequest, ChatResponse, ChunkChoice, StreamOptions, Usage,
+};
 use tollgate_core::sse::{SseEvent, SseParser};
 use tollgate_core::{GatewayError, UpstreamError, UpstreamErrorKind};
 
@@ -73,7 +75,9 @@ impl Codec for OpenAiCodec {
         req.model = ctx.upstream_model.to_owned();
         req.stream = Some(ctx.stream);
         if ctx.stream && self.flavor != Flavor::Mistral {
-            let opts = req.stream_options.get_or_insert_with(StreamOptions::default);
+            let opts = req
+                .stream_options
+                .get_or_insert_with(StreamOptions::default);
             opts.include_usage = Some(true);
         } else {
             req.stream_options = None;
@@ -100,11 +104,19 @@ impl Codec for OpenAiCodec {
             ("content-type".to_owned(), "application/json".to_owned()),
             (
                 "accept".to_owned(),
-                if ctx.stream { "text/event-stream" } else { "application/json" }.to_owned(),
+                if ctx.stream {
+                    "text/event-stream"
+                } else {
+                    "application/json"
+                }
+                .to_owned(),
             ),
         ];
         if let Some(key) = &ctx.credentials.api_key {
-            headers.push(("authorization".to_owned(), format!("Bearer {}", key.expose())));
+            headers.push((
+                "authorization".to_owned(),
+                format!("Bearer {}", key.expose()),
+            ));
         }
         Ok(Outbound::Http(HttpRequest {
             method: "POST",
@@ -114,7 +126,12 @@ impl Codec for OpenAiCodec {
         }))
     }
 
-    fn decode(&self, status: u16, body: &[u8], ctx: &DecodeCtx) -> Result<ChatResponse, UpstreamError> {
+    fn decode(
+        &self,
+        status: u16,
+        body: &[u8],
+        ctx: &DecodeCtx,
+    ) -> Result<ChatResponse, UpstreamError> {
         if status >= 400 {
             return Err(self.decode_error(status, body, None));
         }
@@ -137,7 +154,11 @@ impl Codec for OpenAiCodec {
         decode_openai_error(status, body, retry_after)
     }
 
-    fn stream_decoder(&self, ctx: &DecodeCtx, _content_type: Option<&str>) -> Box<dyn StreamDecoder> {
+    fn stream_decoder(
+        &self,
+        ctx: &DecodeCtx,
+        _content_type: Option<&str>,
+    ) -> Box<dyn StreamDecoder> {
         Box::new(OpenAiStream::new(ctx.clone()))
     }
 }
@@ -248,7 +269,10 @@ impl OpenAiStream {
             return Ok(());
         }
         let v: Value = serde_json::from_str(data).map_err(|e| {
-            UpstreamError::protocol(format!("stream event is not JSON ({e}): {}", excerpt(data.as_bytes())))
+            UpstreamError::protocol(format!(
+                "stream event is not JSON ({e}): {}",
+                excerpt(data.as_bytes())
+            ))
         })?;
         if v.get("error").is_some_and(|e| !e.is_null()) {
             let mut e = decode_openai_error(200, data.as_bytes(), None);
@@ -267,10 +291,22 @@ impl OpenAiStream {
         }
         if !choices.is_empty() {
             out.push(StreamEvent::Chunk(ChatChunk {
-                id: if wire.id.is_empty() { self.ctx.request_id.clone() } else { wire.id },
+                id: if wire.id.is_empty() {
+                    self.ctx.request_id.clone()
+                } else {
+                    wire.id
+                },
                 object: "chat.completion.chunk".to_owned(),
-                created: if wire.created == 0 { self.ctx.created } else { wire.created },
-                model: if wire.model.is_empty() { self.ctx.model.clone() } else { wire.model },
+                created: if wire.created == 0 {
+                    self.ctx.created
+                } else {
+                    wire.created
+                },
+                model: if wire.model.is_empty() {
+                    self.ctx.model.clone()
+                } else {
+                    wire.model
+                },
                 choices,
                 system_fingerprint: wire.system_fingerprint,
                 usage: None,
@@ -326,7 +362,11 @@ mod tests {
     }
 
     fn dctx() -> DecodeCtx {
-        DecodeCtx { request_id: "req-1".into(), created: 1, model: "m".into() }
+        DecodeCtx {
+            request_id: "req-1".into(),
+            created: 1,
+            model: "m".into(),
+        }
     }
 
     fn body(o: &Outbound) -> Value {
@@ -342,13 +382,24 @@ mod tests {
 
     #[test]
     fn encode_injects_stream_usage_and_keeps_unknown_fields() {
-        let creds = Credentials { api_key: Some(Secret::new("sk-up")), ..Default::default() };
-        let req = request(json!({"model":"deepseek/deepseek-chat","messages":[{"role":"user","content":"hi"}],
-            "stream":true,"logit_bias":{"5":1}}));
-        let out = OpenAiCodec::new(Flavor::DeepSeek).encode(&req, &ctx(&creds, true)).unwrap();
-        let Outbound::Http(h) = &out else { unreachable!() };
+        let creds = Credentials {
+            api_key: Some(Secret::new("sk-up")),
+            ..Default::default()
+        };
+        let req = request(
+            json!({"model":"deepseek/deepseek-chat","messages":[{"role":"user","content":"hi"}],
+            "stream":true,"logit_bias":{"5":1}}),
+        );
+        let out = OpenAiCodec::new(Flavor::DeepSeek)
+            .encode(&req, &ctx(&creds, true))
+            .unwrap();
+        let Outbound::Http(h) = &out else {
+            unreachable!()
+        };
         assert_eq!(h.url, "http://127.0.0.1:9/v1/chat/completions");
-        assert!(h.headers.contains(&("authorization".into(), "Bearer sk-up".into())));
+        assert!(h
+            .headers
+            .contains(&("authorization".into(), "Bearer sk-up".into())));
         assert_eq!(
             body(&out),
             json!({"model":"deepseek-chat","messages":[{"role":"user","content":"hi"}],"stream":true,
@@ -359,9 +410,13 @@ mod tests {
     #[test]
     fn mistral_drops_unknown_fields_and_renames_seed() {
         let creds = Credentials::default();
-        let req = request(json!({"model":"m","messages":[{"role":"user","content":"hi"}],"seed":7,
-            "logit_bias":{"5":1},"stream":true,"stream_options":{"include_usage":true},"user":"u"}));
-        let out = OpenAiCodec::new(Flavor::Mistral).encode(&req, &ctx(&creds, true)).unwrap();
+        let req = request(
+            json!({"model":"m","messages":[{"role":"user","content":"hi"}],"seed":7,
+            "logit_bias":{"5":1},"stream":true,"stream_options":{"include_usage":true},"user":"u"}),
+        );
+        let out = OpenAiCodec::new(Flavor::Mistral)
+            .encode(&req, &ctx(&creds, true))
+            .unwrap();
         assert_eq!(
             body(&out),
             json!({"model":"deepseek-chat","messages":[{"role":"user","content":"hi"}],"stream":true,"random_seed":7})
@@ -371,8 +426,12 @@ mod tests {
     #[test]
     fn moonshot_clamps_temperature() {
         let creds = Credentials::default();
-        let req = request(json!({"model":"m","messages":[{"role":"user","content":"hi"}],"temperature":1.6}));
-        let out = OpenAiCodec::new(Flavor::Moonshot).encode(&req, &ctx(&creds, false)).unwrap();
+        let req = request(
+            json!({"model":"m","messages":[{"role":"user","content":"hi"}],"temperature":1.6}),
+        );
+        let out = OpenAiCodec::new(Flavor::Moonshot)
+            .encode(&req, &ctx(&creds, false))
+            .unwrap();
         assert_eq!(body(&out)["temperature"], json!(1.0));
     }
 
@@ -382,12 +441,21 @@ mod tests {
 
 {"id":"x","object":"chat.completion","created":5,"model":"deepseek-chat","choices":[{"index":0,"message":{"role":"assistant","content":"hi"},"finish_reason":"stop"}],
 "usage":{"prompt_tokens":100,"completion_tokens":7,"total_tokens":107,"prompt_cache_hit_tokens":64,"prompt_cache_miss_tokens":36}}"#;
-        let r = OpenAiCodec::new(Flavor::DeepSeek).decode(200, body, &dctx()).unwrap();
+        let r = OpenAiCodec::new(Flavor::DeepSeek)
+            .decode(200, body, &dctx())
+            .unwrap();
         let u = r.usage.unwrap();
-        assert_eq!((u.prompt_tokens, u.completion_tokens, u.cached_tokens), (100, 7, 64));
+        assert_eq!(
+            (u.prompt_tokens, u.completion_tokens, u.cached_tokens),
+            (100, 7, 64)
+        );
     }
 
-    fn stream_all(flavor: Flavor, input: &str, piece: usize) -> Result<Vec<StreamEvent>, UpstreamError> {
+    fn stream_all(
+        flavor: Flavor,
+        input: &str,
+        piece: usize,
+    ) -> Result<Vec<StreamEvent>, UpstreamError> {
         let mut d = OpenAiCodec::new(flavor).stream_decoder(&dctx(), Some("text/event-stream"));
         let mut out = Vec::new();
         for c in input.as_bytes().chunks(piece) {
@@ -407,8 +475,17 @@ mod tests {
         );
         for piece in [1, 7, 1000] {
             let ev = stream_all(Flavor::Moonshot, input, piece).unwrap();
-            let chunks = ev.iter().filter(|e| matches!(e, StreamEvent::Chunk(_))).count();
-            let usages: Vec<_> = ev.iter().filter_map(|e| match e { StreamEvent::Usage(u) => Some(u), _ => None }).collect();
+            let chunks = ev
+                .iter()
+                .filter(|e| matches!(e, StreamEvent::Chunk(_)))
+                .count();
+            let usages: Vec<_> = ev
+                .iter()
+                .filter_map(|e| match e {
+                    StreamEvent::Usage(u) => Some(u),
+                    _ => None,
+                })
+                .collect();
             assert_eq!(chunks, 2);
             assert_eq!(usages.len(), 2);
             assert_eq!(usages.last().unwrap().completion_tokens, 5);
@@ -432,17 +509,42 @@ mod tests {
 
     #[test]
     fn error_bodies_are_classified() {
-        let e = decode_openai_error(429, br#"{"error":{"message":"slow down","type":"requests","code":"rate_limit_exceeded"}}"#, Some(3));
-        assert_eq!((e.kind, e.retry_after_secs), (UpstreamErrorKind::RateLimited, Some(3)));
-        let e = decode_openai_error(429, br#"{"error":{"message":"quota","type":"insufficient_quota"}}"#, None);
+        let e = decode_openai_error(
+            429,
+            br#"{"error":{"message":"slow down","type":"requests","code":"rate_limit_exceeded"}}"#,
+            Some(3),
+        );
+        assert_eq!(
+            (e.kind, e.retry_after_secs),
+            (UpstreamErrorKind::RateLimited, Some(3))
+        );
+        let e = decode_openai_error(
+            429,
+            br#"{"error":{"message":"quota","type":"insufficient_quota"}}"#,
+            None,
+        );
         assert_eq!(e.kind, UpstreamErrorKind::QuotaExhausted);
-        let e = decode_openai_error(400, br#"{"error":{"message":"high risk","type":"content_filter"}}"#, None);
+        let e = decode_openai_error(
+            400,
+            br#"{"error":{"message":"high risk","type":"content_filter"}}"#,
+            None,
+        );
         assert_eq!(e.kind, UpstreamErrorKind::ContentFilter);
         let e = decode_openai_error(401, br#"{"message":"Unauthorized","request_id":"r"}"#, None);
-        assert_eq!((e.kind, e.message.as_str()), (UpstreamErrorKind::Auth, "Unauthorized"));
-        let e = decode_openai_error(402, br#"{"error":{"message":"Insufficient Balance"}}"#, None);
+        assert_eq!(
+            (e.kind, e.message.as_str()),
+            (UpstreamErrorKind::Auth, "Unauthorized")
+        );
+        let e = decode_openai_error(
+            402,
+            br#"{"error":{"message":"Insufficient Balance"}}"#,
+            None,
+        );
         assert_eq!(e.kind, UpstreamErrorKind::QuotaExhausted);
         let e = decode_openai_error(502, b"<html>bad gateway</html>", None);
-        assert_eq!((e.kind, e.message.as_str()), (UpstreamErrorKind::Server, "<html>bad gateway</html>"));
+        assert_eq!(
+            (e.kind, e.message.as_str()),
+            (UpstreamErrorKind::Server, "<html>bad gateway</html>")
+        );
     }
 }

@@ -23,7 +23,9 @@ impl std::str::FromStr for Mode {
         match s {
             "native" => Ok(Mode::Native),
             "openai" => Ok(Mode::OpenAi),
-            other => Err(format!("unknown mode '{other}' (expected 'native' or 'openai')")),
+            other => Err(format!(
+                "unknown mode '{other}' (expected 'native' or 'openai')"
+            )),
         }
     }
 }

@@ -1,0 +1,70 @@
+//! Emulator names, as `tollgate emulate NAME` takes them, and their routers.
+
+use axum::Router;
+
+use crate::common::EmulatorOptions;
+use crate::openai::{self, Dialect};
+
+/// An emulator `tollgate emulate` can start.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum EmulatorKind {
+    OpenAi,
+    DeepSeek,
+    Moonshot,
+    Mistral,
+}
+
+impl EmulatorKind {
+    /// Every emulator, in a stable order.
+    pub const ALL: &'static [EmulatorKind] = &[
+        EmulatorKind::OpenAi,
+        EmulatorKind::DeepSeek,
+        EmulatorKind::Moonshot,
+        EmulatorKind::Mistral,
+    ];
+
+    /// The name `tollgate emulate` takes.
+    pub fn name(&self) -> &'static str {
+        match self {
+            EmulatorKind::OpenAi => "openai",
+            EmulatorKind::DeepSeek => "deepseek",
+            EmulatorKind::Moonshot => "moonshot",
+            EmulatorKind::Mistral => "mistral",
+        }
+    }
+
+    /// The path prefix a client appends to `http://host:port` to reach the API root
+    /// (what a provider's `base_url` ends with).
+    pub fn base_path(&self) -> &'static str {
+        match self {
+            EmulatorKind::OpenAi
+            | EmulatorKind::DeepSeek
+            | EmulatorKind::Moonshot
+            | EmulatorKind::Mistral => "/v1",
+        }
+    }
+}
+
+impl std::str::FromStr for EmulatorKind {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        EmulatorKind::ALL
+            .iter()
+            .copied()
+            .find(|k| k.name() == s)
+            .ok_or_else(|| {
+                let names: Vec<_> = EmulatorKind::ALL.iter().map(|k| k.name()).collect();
+                format!("unknown emulator '{s}' (known: {})", names.join(", "))
+            })
+    }
+}
+
+/// The router of an emulator.
+pub fn router_for(kind: EmulatorKind, opts: EmulatorOptions) -> Router {
+    match kind {
+        EmulatorKind::OpenAi => openai::router(Dialect::OpenAi, opts),
+        EmulatorKind::DeepSeek => openai::router(Dialect::DeepSeek, opts),
+        EmulatorKind::Moonshot => openai::router(Dialect::Moonshot, opts),
+        EmulatorKind::Mistral => openai::router(Dialect::Mistral, opts),
+    }
+}
