@@ -9,8 +9,9 @@
 //! alias (case-insensitive). For a match, fields present in the file replace the old
 //! ones (aliases are appended) and each period replaces the period with the same
 //! region and `effective_from`, or is added. An unmatched model is new and must give
-//! `context_window`, `max_output` and at least one period. A file is applied whole
-//! or not at all.
+//! `context_window`, `max_output` and at least one period; its default region is the
+//! model's `default_region`, else the file's, else the one an earlier file declared for
+//! the provider, else `global`. A file is applied whole or not at all.
 
 mod fx;
 mod parse;
@@ -405,6 +406,8 @@ pub struct Catalog {
     fx: FxTable,
     /// (provider, lowercase id or alias) -> index in `models`.
     index: HashMap<(String, String), usize>,
+    /// provider -> default region declared by its files (`default_region` at top level).
+    provider_regions: HashMap<String, String>,
     files: Vec<String>,
 }
 
@@ -518,6 +521,14 @@ impl Catalog {
                 ))
             }
         };
+        if let Some(r) = &raw.default_region {
+            self.provider_regions.insert(provider.clone(), r.clone());
+        }
+        let file_region = self
+            .provider_regions
+            .get(&provider)
+            .cloned()
+            .unwrap_or_else(|| DEFAULT_REGION.to_owned());
         for m in raw.models {
             let id = m.id.clone();
             let err = |field: String, message: String| invalid(Some(&id), field, message);
@@ -551,8 +562,7 @@ impl Catalog {
                         default_region: m
                             .default_region
                             .clone()
-                            .or_else(|| raw.default_region.clone())
-                            .unwrap_or_else(|| DEFAULT_REGION.to_owned()),
+                            .unwrap_or_else(|| file_region.clone()),
                         note: None,
                         periods: Vec::new(),
                         file: file.to_owned(),
