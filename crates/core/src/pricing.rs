@@ -57,10 +57,7 @@ pub enum PricingError {
     Overflow,
 }
 
-fn period_at<'a>(
-    entry: &'a ModelEntry,
-    at: DateTime<Utc>,
-) -> Result<&'a PricePeriod, PricingError> {
+fn period_at(entry: &ModelEntry, at: DateTime<Utc>) -> Result<&PricePeriod, PricingError> {
     entry.price_at(at).ok_or_else(|| PricingError::NoPrice {
         provider: entry.provider.clone(),
         model: entry.id.clone(),
@@ -606,4 +603,533 @@ pub fn render_history_table(rows: &[HistoryRow]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn cat() -> Catalog {
+        Catalog::embedded().unwrap()
+    }
+
+    fn t(s: &str) -> DateTime<Utc> {
+        if s.len() == 10 {
+            return midnight(NaiveDate::parse_from_str(s, "%Y-%m-%d").unwrap());
+        }
+        DateTime::parse_from_rfc3339(s).unwrap().with_timezone(&Utc)
+    }
+
+    fn usage(prompt: u64, cached: u64, cache_write: u64, completion: u64, reasoning: u64) -> Usage {
+        Usage {
+            prompt_tokens: prompt,
+            completion_tokens: completion,
+            cached_tokens: cached,
+            cache_write_tokens: cache_write,
+            reasoning_tokens: reasoning,
+            cost: None,
+        }
+    }
+
+    fn cost(c: &Catalog, provider: &str, model: &str, u: &Usage, at: &str) -> Cost {
+        cost_of(c.find(provider, model).unwrap(), u, t(at)).unwrap()
+    }
+
+    #[test]
+    fn flat_price_and_free_models() {
+        let c = cat();
+        // glm-3-turbo after the cut: 1 CNY/M in and out. 300 + 112 tokens = 0.000412 CNY.
+        let k = cost(
+            &c,
+            "zhipu",
+            "glm-3-turbo",
+            &usage(300, 0, 0, 112, 0),
+            "2024-06-01",
+        );
+        assert_eq!(k.amount.to_string(), "0.000412 CNY");
+        assert_eq!(k.price_id, "zhipu/glm-3-turbo@2024-05-11");
+        assert_eq!((k.tier, k.off_peak), (None, false));
+        // Before the cut: 5 CNY/M.
+        let k = cost(
+            &c,
+            "zhipu",
+            "glm-3-turbo",
+            &usage(300, 0, 0, 112, 0),
+            "2024-05-10T23:59:59Z",
+        );
+        assert_eq!(k.amount.to_string(), "0.002060 CNY");
+        // Free models cost exactly zero.
+        for (p, m) in [
+            ("ernie", "ernie-speed-128k"),
+            ("ernie", "ernie-lite-8k"),
+            ("spark", "lite"),
+            ("hunyuan", "hunyuan-lite"),
+            ("zhipu", "glm-4-flash"),
+        ] {
+            let k = cost(&c, p, m, &usage(100_000, 0, 0, 50_000, 0), "2025-01-01");
+            assert_eq!(k.amount.nanos, 0, "{p}/{m}");
+        }
+        // Spark bills input and output at one rate: 1000 + 1000 tokens at 21 CNY/M.
+        let k = cost(
+            &c,
+            "spark",
+            "generalv3",
+            &usage(1000, 0, 0, 1000, 0),
+            "2024-06-01",
+        );
+        assert_eq!(k.amount.nanos, 42_000_000);
+        // No price before the first period.
+        let e = c.find("zhipu", "glm-3-turbo").unwrap();
+        assert!(matches!(
+            cost_of(e, &usage(1, 0, 0, 1, 0), t("2023-01-01")),
+            Err(PricingError::NoPrice { .. })
+        ));
+        assert!(matches!(
+            cost_of(e, &usage(1, 1, 1, 1, 0), t("2024-06-01")),
+            Err(PricingError::InconsistentUsage { .. })
+        ));
+    }
+
+    #[test]
+    fn gemini_tier_boundary_prices_the_whole_request() {
+        let c = cat();
+        // gemini-1.5-pro from 2024-10-01: <=128K 1.25/5, >128K 2.5/10 USD/M.
+        let k = cost(
+            &c,
+            "gemini",
+            "gemini-1.5-pro",
+            &usage(128_000, 0, 0, 1000, 0),
+            "2024-10-15",
+        );
+        assert_eq!(k.amount.nanos, 165_000_000); // 128000*1.25 + 1000*5 = 165000 / 1e6 USD
+        assert_eq!(k.tier.as_deref(), Some("prompt<=128000"));
+        let k = cost(
+            &c,
+            "gemini",
+            "gemini-1.5-pro",
+            &usage(128_001, 0, 0, 1000, 0),
+            "2024-10-15",
+        );
+        assert_eq!(k.amount.nanos, 330_002_500); // 128001*2.5 + 1000*10 = 330002.5 / 1e6 USD
+        assert_eq!(k.tier.as_deref(), Some("prompt>128000"));
+        // Cached tokens count toward the prompt length for the tier.
+        let k = cost(
+            &c,
+            "gemini",
+            "gemini-2.5-pro",
+            &usage(200_001, 100_000, 0, 0, 0),
+            "2025-07-01",
+        );
+        assert_eq!(k.amount.nanos, 275_002_500); // 100001*2.5 + 100000*0.25 = 275002.5
+                                                 // Anthropic Sonnet 4.5 long context: >200K billed 6/22.5 with cache 0.6/7.5.
+        let k = cost(
+            &c,
+            "anthropic",
+            "claude-sonnet-4-5",
+            &usage(300_000, 50_000, 10_000, 2000, 0),
+            "2025-10-01",
+        );
+        // 240000*6 + 50000*0.6 + 10000*7.5 + 2000*22.5 = 1440000+30000+75000+45000
+        assert_eq!(k.amount.nanos, 1_590_000_000);
+    }
+
+    #[test]
+    fn doubao_seed_bands_use_prompt_and_completion_length() {
+        let c = cat();
+        let seed = |p, o| {
+            cost(
+                &c,
+                "doubao",
+                "doubao-seed-1.6",
+                &usage(p, 0, 0, o, 0),
+                "2025-07-01",
+            )
+        };
+        assert_eq!(seed(10_000, 200).amount.nanos, 8_400_000); // 10000*0.8 + 200*2
+        assert_eq!(seed(10_000, 201).amount.nanos, 9_608_000); // 10000*0.8 + 201*8
+        assert_eq!(seed(32_768, 1000).amount.nanos, 34_214_400); // 32768*0.8 + 1000*8
+        assert_eq!(seed(32_769, 1000).amount.nanos, 55_322_800); // 32769*1.2 + 1000*16
+        assert_eq!(seed(131_073, 10).amount.nanos, 314_815_200); // 131073*2.4 + 10*24
+        assert_eq!(seed(131_073, 10).tier.as_deref(), Some("in<=256K"));
+    }
+
+    #[test]
+    fn cache_reads_and_anthropic_cache_writes() {
+        let c = cat();
+        // gpt-4o (alias, from 2024-10-02): 2.5 in, 1.25 cached, 10 out.
+        let k = cost(
+            &c,
+            "openai",
+            "gpt-4o",
+            &usage(10_000, 4000, 0, 500, 0),
+            "2024-11-01",
+        );
+        assert_eq!(k.amount.nanos, 25_000_000); // 6000*2.5 + 4000*1.25 + 500*10 = 25000
+                                                // Claude 3.5 Sonnet: 3 in, 0.3 read, 3.75 write (1.25x), 15 out.
+        let k = cost(
+            &c,
+            "anthropic",
+            "claude-3-5-sonnet-20241022",
+            &usage(10_000, 2000, 3000, 1000, 0),
+            "2025-01-01",
+        );
+        assert_eq!(k.amount.nanos, 41_850_000); // 5000*3 + 2000*0.3 + 3000*3.75 + 1000*15 = 41850
+                                                // Claude 3 Opus cache write 18.75 from 2024-08-14.
+        let k = cost(
+            &c,
+            "anthropic",
+            "claude-3-opus-20240229",
+            &usage(1000, 0, 1000, 0, 0),
+            "2024-09-01",
+        );
+        assert_eq!(k.amount.nanos, 18_750_000);
+        // Before caching existed, cache tokens are billed as input.
+        let k = cost(
+            &c,
+            "anthropic",
+            "claude-3-opus-20240229",
+            &usage(1000, 0, 1000, 0, 0),
+            "2024-05-01",
+        );
+        assert_eq!(k.amount.nanos, 15_000_000);
+        // DeepSeek cache hits (CNY, China site): 2 miss / 0.5 hit / 8 out.
+        let k = cost(
+            &c,
+            "deepseek",
+            "deepseek-chat",
+            &usage(1000, 600, 0, 100, 0),
+            "2025-02-20T12:00:00Z",
+        );
+        assert_eq!(k.amount.nanos, 1_900_000); // 400*2 + 600*0.5 + 100*8 = 1900
+                                               // Gemini 2.5 Flash preview: thinking output 3.5 instead of 0.6.
+        let k = cost(
+            &c,
+            "gemini",
+            "gemini-2.5-flash-preview-04-17",
+            &usage(1000, 0, 0, 1000, 400),
+            "2025-05-01",
+        );
+        assert_eq!(k.amount.nanos, 3_650_000); // 1000*0.15 + 1000*3.5
+        let k = cost(
+            &c,
+            "gemini",
+            "gemini-2.5-flash-preview-04-17",
+            &usage(1000, 0, 0, 1000, 0),
+            "2025-05-01",
+        );
+        assert_eq!(k.amount.nanos, 750_000);
+    }
+
+    #[test]
+    fn deepseek_off_peak_window_in_and_out() {
+        let c = cat();
+        let u = usage(1000, 200, 0, 100, 0);
+        let ds = |at: &str| cost(&c, "deepseek", "deepseek-chat", &u, at);
+        // 01:00 Beijing: off-peak 1 / 0.25 / 4 CNY/M.
+        let k = ds("2025-03-01T17:00:00Z");
+        assert_eq!((k.amount.nanos, k.off_peak), (1_250_000, true)); // 800*1 + 200*0.25 + 100*4
+        assert_eq!(k.price_id, "deepseek/deepseek-chat@2025-02-26");
+        // 16:00 Beijing: standard 2 / 0.5 / 8.
+        let k = ds("2025-03-01T08:00:00Z");
+        assert_eq!((k.amount.nanos, k.off_peak), (2_500_000, false));
+        // Window edges: 00:30 Beijing (16:30 UTC) is in, 08:30 Beijing (00:30 UTC) is out.
+        assert!(ds("2025-03-01T16:30:00Z").off_peak);
+        assert!(!ds("2025-03-01T16:29:59Z").off_peak);
+        assert!(ds("2025-03-02T00:29:59Z").off_peak);
+        assert!(!ds("2025-03-02T00:30:00Z").off_peak);
+        // Before 2025-02-26 and after the 2025-09-05 repricing there is no off-peak.
+        assert!(!ds("2025-02-20T17:00:00Z").off_peak);
+        let k = ds("2025-09-10T17:00:00Z");
+        assert_eq!((k.amount.nanos, k.off_peak), (4_500_000, false)); // 800*4 + 200*0.5 + 100*12
+                                                                      // R1 off-peak is 75% off: 4/1/16 -> 1/0.25/4.
+        let k = cost(
+            &c,
+            "deepseek",
+            "deepseek-reasoner",
+            &usage(1000, 0, 0, 1000, 800),
+            "2025-04-01T18:00:00Z",
+        );
+        assert_eq!((k.amount.nanos, k.off_peak), (5_000_000, true));
+        // The USD (international) list has its own off-peak prices.
+        let e = c.find("deepseek", "deepseek-chat").unwrap();
+        let p = e
+            .price_at_region(t("2025-03-01T17:00:00Z"), "intl")
+            .unwrap();
+        let k = cost_with_period(p, &u, t("2025-03-01T17:00:00Z")).unwrap();
+        assert_eq!(k.amount.to_string(), "0.000170 USD"); // 800*0.135 + 200*0.035 + 100*0.55 = 170
+    }
+
+    fn user_catalog(snippet: &str) -> Catalog {
+        let mut c = Catalog::empty();
+        c.add_toml("test.toml", snippet).unwrap();
+        c
+    }
+
+    #[test]
+    fn per_request_fee_and_percentage_off_peak() {
+        let c = user_catalog(
+            r#"
+provider = "moonshot"
+[[models]]
+id = "cached-call"
+context_window = 8192
+max_output = 1024
+[[models.periods]]
+effective_from = 2024-07-01
+currency = "CNY"
+input = "12"
+output = "12"
+request_fee = "0.02"
+off_peak = { start = "22:00", end = "06:00", time_zone = "+08:00", discount_percent = "25" }
+confidence = "med"
+source = "test"
+"#,
+        );
+        let e = c.find("moonshot", "cached-call").unwrap();
+        // 1000 tokens * 12 / 1e6 = 0.012, plus 0.02 per request.
+        let k = cost_of(e, &usage(500, 0, 0, 500, 0), t("2024-07-02T04:00:00Z")).unwrap();
+        assert_eq!(k.amount.to_string(), "0.032000 CNY");
+        // 23:00 local: 25% off the token prices (9 CNY/M), the fee is unchanged.
+        let k = cost_of(e, &usage(500, 0, 0, 500, 0), t("2024-07-02T15:00:00Z")).unwrap();
+        assert_eq!((k.amount.nanos, k.off_peak), (29_000_000, true));
+        // The worst-case estimate includes the fee and ignores the discount.
+        let k = estimate_max_cost(e, 500, 500, t("2024-07-02T15:00:00Z")).unwrap();
+        assert_eq!(k.amount.nanos, 32_000_000);
+    }
+
+    #[test]
+    fn rounds_once_up_per_request() {
+        let c = user_catalog(
+            r#"
+provider = "x"
+[[models]]
+id = "tiny"
+context_window = 1
+max_output = 1
+periods = [{ effective_from = 2024-01-01, currency = "USD", input = "0.0000015", cached_input = "0.0000005", output = "0.000001", confidence = "high", source = "test" }]
+"#,
+        );
+        let e = c.find("x", "tiny").unwrap();
+        // 1*1500 + 1*500 = 2000 nano-units per 1M tokens -> 0.002 nano -> rounds up to 1,
+        // where rounding each token class would give 2.
+        let k = cost_of(e, &usage(2, 1, 0, 0, 0), t("2024-06-01")).unwrap();
+        assert_eq!(k.amount.nanos, 1);
+        // 1000 uncached tokens = 1.5 nanos -> 2; 1_000_000 tokens exact.
+        assert_eq!(
+            cost_of(e, &usage(1000, 0, 0, 0, 0), t("2024-06-01"))
+                .unwrap()
+                .amount
+                .nanos,
+            2
+        );
+        assert_eq!(
+            cost_of(e, &usage(1_000_000, 0, 0, 0, 0), t("2024-06-01"))
+                .unwrap()
+                .amount
+                .nanos,
+            1500
+        );
+        assert_eq!(
+            cost_of(e, &usage(0, 0, 0, 0, 0), t("2024-06-01"))
+                .unwrap()
+                .amount
+                .nanos,
+            0
+        );
+    }
+
+    /// A deterministic pseudo-random sequence (no extra crate).
+    struct Lcg(u64);
+    impl Lcg {
+        fn next(&mut self) -> u64 {
+            self.0 = self
+                .0
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            self.0 >> 33
+        }
+        fn below(&mut self, n: u64) -> u64 {
+            self.next() % n.max(1)
+        }
+    }
+
+    /// Instants to test each model at: every period start, plus 17:00 UTC (off-peak for
+    /// DeepSeek) on the same day.
+    fn instants(e: &ModelEntry) -> Vec<DateTime<Utc>> {
+        e.periods
+            .iter()
+            .flat_map(|p| {
+                let d = midnight(p.effective_from);
+                [d, d + chrono::Duration::hours(17)]
+            })
+            .collect()
+    }
+
+    fn random_usage(r: &mut Lcg) -> Usage {
+        let scale = [10, 1000, 50_000, 300_000][r.below(4) as usize];
+        let uncached = r.below(scale);
+        let cached = r.below(scale / 2 + 1);
+        let write = if r.below(3) == 0 {
+            r.below(scale / 4 + 1)
+        } else {
+            0
+        };
+        let completion = r.below(scale / 2 + 1);
+        let reasoning = if r.below(3) == 0 {
+            r.below(completion + 1)
+        } else {
+            0
+        };
+        usage(
+            uncached + cached + write,
+            cached,
+            write,
+            completion,
+            reasoning,
+        )
+    }
+
+    #[test]
+    fn property_cost_never_negative_and_monotone_in_every_token_count() {
+        let c = cat();
+        let mut r = Lcg(42);
+        let mut checked = 0;
+        for e in c.models() {
+            for at in instants(e) {
+                for _ in 0..12 {
+                    let u = random_usage(&mut r);
+                    let base = cost_of(e, &u, at).unwrap();
+                    assert!(base.amount.nanos >= 0, "{} {u:?}", e.id);
+                    let d = 1 + r.below(5000);
+                    // More uncached input, cache reads, cache writes or output never costs less.
+                    let more = [
+                        usage(
+                            u.prompt_tokens + d,
+                            u.cached_tokens,
+                            u.cache_write_tokens,
+                            u.completion_tokens,
+                            u.reasoning_tokens,
+                        ),
+                        usage(
+                            u.prompt_tokens + d,
+                            u.cached_tokens + d,
+                            u.cache_write_tokens,
+                            u.completion_tokens,
+                            u.reasoning_tokens,
+                        ),
+                        usage(
+                            u.prompt_tokens + d,
+                            u.cached_tokens,
+                            u.cache_write_tokens + d,
+                            u.completion_tokens,
+                            u.reasoning_tokens,
+                        ),
+                        usage(
+                            u.prompt_tokens,
+                            u.cached_tokens,
+                            u.cache_write_tokens,
+                            u.completion_tokens + d,
+                            u.reasoning_tokens,
+                        ),
+                        usage(
+                            u.prompt_tokens,
+                            u.cached_tokens,
+                            u.cache_write_tokens,
+                            u.completion_tokens + d,
+                            u.reasoning_tokens + d,
+                        ),
+                    ];
+                    for m in more {
+                        let k = cost_of(e, &m, at).unwrap();
+                        assert!(
+                            k.amount.nanos >= base.amount.nanos,
+                            "{}@{at}: {u:?} -> {m:?}: {} < {}",
+                            e.id,
+                            k.amount,
+                            base.amount
+                        );
+                    }
+                    // The reservation estimate covers the actual cost.
+                    let est =
+                        estimate_max_cost(e, u.prompt_tokens, u.completion_tokens, at).unwrap();
+                    assert!(
+                        est.amount.nanos >= base.amount.nanos,
+                        "{}@{at}: estimate {} < cost {}",
+                        e.id,
+                        est.amount,
+                        base.amount
+                    );
+                    checked += 1;
+                }
+            }
+        }
+        assert!(checked > 3000, "{checked}");
+    }
+
+    #[test]
+    fn property_cost_is_additive_over_splits_within_one_rule() {
+        let c = cat();
+        let mut r = Lcg(7);
+        let mut checked = 0;
+        for e in c.models() {
+            for at in instants(e) {
+                let Some(p) = e.price_at(at) else { continue };
+                for _ in 0..10 {
+                    let u = random_usage(&mut r);
+                    let u = usage(
+                        u.prompt_tokens,
+                        u.cached_tokens,
+                        u.cache_write_tokens,
+                        u.completion_tokens,
+                        0,
+                    );
+                    // Split every token class in two.
+                    let split = |n: u64, r: &mut Lcg| {
+                        let a = r.below(n + 1);
+                        (a, n - a)
+                    };
+                    let (c1, c2) = split(u.cached_tokens, &mut r);
+                    let (w1, w2) = split(u.cache_write_tokens, &mut r);
+                    let (n1, n2) = split(
+                        u.prompt_tokens - u.cached_tokens - u.cache_write_tokens,
+                        &mut r,
+                    );
+                    let (o1, o2) = split(u.completion_tokens, &mut r);
+                    let a = usage(n1 + c1 + w1, c1, w1, o1, 0);
+                    let b = usage(n2 + c2 + w2, c2, w2, o2, 0);
+                    // Additive only when the halves fall in the same tier as the whole.
+                    let tier = |x: &Usage| {
+                        p.tier_for(x.prompt_tokens, x.completion_tokens)
+                            .map(|t| t.0)
+                    };
+                    if tier(&a) != tier(&u) || tier(&b) != tier(&u) {
+                        continue;
+                    }
+                    let whole = cost_of(e, &u, at).unwrap().amount.nanos;
+                    let parts = cost_of(e, &a, at).unwrap().amount.nanos
+                        + cost_of(e, &b, at).unwrap().amount.nanos;
+                    // Each cost is rounded up once: the parts exceed the whole by at most 1 nano.
+                    assert!(
+                        parts >= whole && parts <= whole + 1,
+                        "{}@{at}: {whole} vs {parts}",
+                        e.id
+                    );
+                    checked += 1;
+                }
+            }
+        }
+        assert!(checked > 2000, "{checked}");
+    }
+
+    #[test]
+    fn estimate_is_the_worst_case() {
+        let c = cat();
+        let e = c.find("anthropic", "claude-3-5-sonnet-20241022").unwrap();
+        // Every prompt token at the cache-write price (3.75), output at 15.
+        let k = estimate_max_cost(e, 1000, 1000, t("2025-01-01")).unwrap();
+        assert_eq!(k.amount.nanos, 18_750_000);
+        // DeepSeek at an off-peak instant is still reserved at peak prices.
+        let e = c.find("deepseek", "deepseek-chat").unwrap();
+        let k = estimate_max_cost(e, 1000, 1000, t("2025-03-01T17:00:00Z")).unwrap();
+        assert_eq!((k.amount.nanos, k.off_peak), (10_000_000, false));
+        // Seed 1.6 with a big output cap falls in the dearer band of the prompt's range.
+        let e = c.find("doubao", "doubao-seed-1.6").unwrap();
+        let k = estimate_max_cost(e, 1000, 4096, t("2025-07-01")).unwrap();
+        assert_eq!(k.tier.as_deref(), Some("in<=32K"));
+    }
 }
