@@ -559,7 +559,7 @@ pub fn render_price_table(rows: &[PriceRow]) -> String {
     )
 }
 
-/// A plain-text table of [`history_rows`] for people.
+/// A plain-text table of [`history_rows`] for people (prices as in the price table).
 pub fn render_history_table(rows: &[HistoryRow]) -> String {
     let body: Vec<Vec<String>> = rows
         .iter()
