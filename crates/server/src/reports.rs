@@ -298,7 +298,7 @@ mod tests {
         let rep = usage_report(&cat, &rows, GroupBy::Model, Currency::Cny).unwrap();
         assert_eq!(rep.lines[0].group, "p/m1");
         assert_eq!(rep.lines[0].cost, "0.000001007");
-        assert_eq!(rep.total.cost, "0.000001010");
+        assert_eq!(rep.total.cost, "0.00000101");
         assert_eq!(rep.total.requests, 3);
         let usd = usage_report(
             &cat,
