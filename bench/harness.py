@@ -278,8 +278,22 @@ class Target:
         return f"http://127.0.0.1:{self.port}/v1/chat/completions"
 
 
-def start_emulator(tollgate, tmp):
-    p = Proc("emulator", [tollgate, "emulate", "openai", "--port", "0"],
+def build_nodelay_shim(tmp):
+    """Compiles bench/nodelay.c (TCP_NODELAY on accepted sockets) for the emulator."""
+    cc = shutil.which("cc") or shutil.which("gcc")
+    if not cc:
+        return None
+    out = os.path.join(tmp, "nodelay.so")
+    r = subprocess.run([cc, "-O2", "-shared", "-fPIC", "-o", out,
+                        os.path.join(BENCH, "nodelay.c"), "-ldl"], capture_output=True)
+    return out if r.returncode == 0 else None
+
+
+def start_emulator(tollgate, tmp, shim=None):
+    env = dict(os.environ)
+    if shim:
+        env["LD_PRELOAD"] = shim
+    p = Proc("emulator", [tollgate, "emulate", "openai", "--port", "0"], env=env,
              log_path=os.path.join(tmp, "emulator.log"),
              ready=r"listening on http://127\.0\.0\.1:(\d+)")
     port = int(p.first_line.group(1))
@@ -353,13 +367,18 @@ def keys_create_flags(tollgate):
         flags += ["--budget", "1000000", "--currency", "USD"]
         if "--period" in out:
             flags += ["--period", "month"]
-        on.append("budget reservation (key budget 1,000,000 USD/month)")
+        on.append("key budget, reserve-then-settle (1,000,000 USD/month: never binding)")
     if "--rpm" in out:
-        flags += ["--rpm", "100000000"]
-        on.append("rate limit RPM (100,000,000/min per key: never binding)")
+        flags += ["--rpm", "1000000000"]
+        on.append("key RPM limit (1e9/min: never binding)")
     if "--tpm" in out:
-        flags += ["--tpm", "100000000000"]
-        on.append("rate limit TPM (1e11/min per key: never binding)")
+        flags += ["--tpm", "4000000000"]
+        on.append("key TPM limit (4e9/min: never binding)")
+    if "--group" in out:
+        with open(os.path.join(BENCH, "tollgate.toml")) as f:
+            if "[groups.bench]" in f.read():
+                flags += ["--group", "bench"]
+                on.append("group (team) budget [groups.bench], reserve-then-settle")
     return flags, on
 
 
@@ -387,11 +406,12 @@ def start_tollgate(tollgate, emu_port, tmp, keep_logs):
     features = ["key auth (SHA-256 hashed keys, cached)", "relay with usage parsing"] + on
     with open(cfg) as f:
         text = f.read()
-    for key_name, what in (("[ledger]", "durable SQLite ledger"),
-                           ("[catalog]", "cost computation (catalog)"),
-                           ("[limits]", "rate limits"), ("[budgets]", "budgets")):
-        if key_name in text:
-            features.append(what)
+    if "[limits." in text:
+        features.append("per-model RPM/TPM limits [limits]")
+    usage = subprocess.run([tollgate, "--help"], capture_output=True, text=True).stdout
+    if re.search(r"^\s+usage\b", usage, re.M):
+        features.append("durable SQLite ledger (group commit before the answer ends)")
+    features.append("request log at info level")
     return Target("tollgate", port, f"openai/{MODEL}", key, [p],
                   note="tollgate serve, bench/tollgate.toml"), features
 
@@ -403,7 +423,7 @@ def run_wrk(target, conns, duration, stream, delay_ms=0, threads=None, timeout_s
     threads = threads or max(1, min(2, conns))
     env = dict(os.environ)
     env["BENCH_DELAY_MS"] = str(delay_ms)
-    cmd = ["wrk", "-t", str(threads), "-c", str(conns), "-d", f"{duration}s",
+    cmd = ["wrk", "-t", str(threads), "-c", str(conns), "-d", f"{max(1, round(duration))}s",
            "--timeout", f"{timeout_s}s", "-s", os.path.join(BENCH, "wrk", "chat.lua"),
            target.url, "--", target.model, target.key, "1" if stream else "0"]
     p = subprocess.run(cmd, capture_output=True, text=True, env=env,
@@ -522,14 +542,16 @@ def smoke(target, log_fn):
     hdr = {"Content-Type": "application/json", "Authorization": f"Bearer {target.key}"}
     body = {"model": target.model, "messages": [{"role": "user", "content": "hi"}],
             "max_tokens": 1024}
-    s, b, _ = http("POST", target.url, json.dumps(body).encode(), hdr, timeout=60)
+    s, b, h = http("POST", target.url, json.dumps(body).encode(), hdr, timeout=60)
     if s != 200 or "choices" not in json.loads(b):
         raise RuntimeError(f"{target.name}: non-stream smoke request got {s}: {b[:300]!r}")
+    cost = {k.lower(): v for k, v in h.items()}.get("x-tollgate-cost")
     body["stream"] = True
     s, b, _ = http("POST", target.url, json.dumps(body).encode(), hdr, timeout=60)
     if s != 200 or b"data: [DONE]" not in b:
         raise RuntimeError(f"{target.name}: stream smoke request got {s}: {b[:300]!r}")
-    log_fn(f"{target.name}: smoke ok")
+    log_fn(f"{target.name}: smoke ok" + (f" (x-tollgate-cost: {cost})" if cost else ""))
+    return cost
 
 
 def versions(tollgate, venv):
@@ -595,6 +617,8 @@ def main():
     ap.add_argument("--idle-wait", type=float, default=None,
                     help="longest wait for idle before a measurement (default 20 s, quick 3 s)")
     ap.add_argument("--litellm-workers", type=int, default=2)
+    ap.add_argument("--emulator-nagle", action="store_true",
+                    help="run the emulator as built (Nagle on) instead of with bench/nodelay.c")
     ap.add_argument("--keep-logs", action="store_true",
                     help="keep tollgate's request log (default: to /dev/null)")
     ap.add_argument("--out", default=os.path.join(BENCH, "results", "latest.json"))
@@ -616,7 +640,10 @@ def main():
     load_start = loadavg()
 
     try:
-        emu, emu_port = start_emulator(opts.tollgate, tmp)
+        shim = None if opts.emulator_nagle else build_nodelay_shim(tmp)
+        if not shim and not opts.emulator_nagle:
+            log("warning: no C compiler for bench/nodelay.c: the emulator keeps Nagle on")
+        emu, emu_port = start_emulator(opts.tollgate, tmp, shim)
         procs.append(emu)
         set_faults(emu_port, ZERO_FAULTS)
         targets = {}
@@ -642,7 +669,9 @@ def main():
         for phase, faults in (("zero", ZERO_FAULTS), ("realistic", REALISTIC_FAULTS)):
             set_faults(emu_port, faults)
             for t in targets.values():
-                smoke(t, lambda m: log(f"[{phase}] {m}"))
+                cost = smoke(t, lambda m: log(f"[{phase}] {m}"))
+                if cost and t.name == "tollgate" and phase == "zero":
+                    features.append(f"cost computation from the catalog (x-tollgate-cost: {cost})")
         set_faults(emu_port, ZERO_FAULTS)
         log("warm-up")
         for t in targets.values():
@@ -708,6 +737,8 @@ def main():
             if t.procs:
                 peak[tn] = round(sum(status_kb(p, "VmHWM") for p in t.pids()) / 1024, 1)
         out = analyse(results, targets, peak, opts, concs, features, tmp)
+        out["method"]["emulator_nodelay_shim"] = bool(shim)
+        out["raw"] = results
         out["machine"] = machine()
         out["machine"]["loadavg_start"] = load_start
         out["machine"]["loadavg_end"] = loadavg()
