@@ -77,17 +77,23 @@ def proc_tree(pid):
     return out
 
 
-def cpu_seconds(pids):
-    total = 0
+def cpu_split(pids):
+    """(user, system) CPU seconds of the processes, summed."""
+    user = system = 0
     for p in pids:
         try:
             with open(f"/proc/{p}/stat") as f:
                 s = f.read()
             fields = s[s.rindex(")") + 2:].split()
-            total += int(fields[11]) + int(fields[12])  # utime, stime
+            user += int(fields[11])  # utime
+            system += int(fields[12])  # stime
         except (OSError, ValueError, IndexError):
             pass
-    return total / HZ
+    return user / HZ, system / HZ
+
+
+def cpu_seconds(pids):
+    return sum(cpu_split(pids))
 
 
 def status_kb(pid, field):
@@ -382,7 +388,7 @@ def keys_create_flags(tollgate):
     return flags, on
 
 
-def start_tollgate(tollgate, emu_port, tmp, keep_logs):
+def start_tollgate(tollgate, emu_port, tmp, keep_logs, extra_env=()):
     port = free_port()
     data = os.path.join(tmp, "tollgate-data")
     os.makedirs(data, exist_ok=True)
@@ -392,6 +398,9 @@ def start_tollgate(tollgate, emu_port, tmp, keep_logs):
                 "TOLLGATE_BENCH_DATA": data,
                 "TOLLGATE_BENCH_UPSTREAM_KEY": EMULATOR_KEY})
     env.pop("RUST_LOG", None)  # the production default log level ("info")
+    for kv in extra_env:
+        k, _, v = kv.partition("=")
+        env[k] = v
     cfg = os.path.join(BENCH, "tollgate.toml")
     flags, on = keys_create_flags(tollgate)
     r = subprocess.run([tollgate, "keys", "create", "--name", "bench", "--config", cfg,
@@ -458,13 +467,16 @@ class Sampler:
         import threading
         self.pids_fn, self.interval = pids_fn, interval
         self.max_kb = 0
+        self.max_threads = 0
         self._stop = threading.Event()
         self._t = threading.Thread(target=self._run, daemon=True)
 
     def _run(self):
         while not self._stop.is_set():
-            kb = sum(status_kb(p, "VmRSS") for p in self.pids_fn())
+            pids = self.pids_fn()
+            kb = sum(status_kb(p, "VmRSS") for p in pids)
             self.max_kb = max(self.max_kb, kb)
+            self.max_threads = max(self.max_threads, sum(status_kb(p, "Threads") for p in pids))
             self._stop.wait(self.interval)
 
     def __enter__(self):
@@ -478,11 +490,15 @@ class Sampler:
 
 def measure(kind, target, emu, opts, **kw):
     """One measurement: idle wait, then load, with CPU and memory accounting around it."""
-    waited, busy, gave_up = wait_idle(opts.idle_busy, opts.idle_wait)
+    # Each wait is bounded, and so is their sum over the run (--idle-budget).
+    max_wait = max(0.0, min(opts.idle_wait, opts.idle_budget_left))
+    waited, busy, gave_up = wait_idle(opts.idle_busy, max_wait)
+    opts.idle_budget_left -= waited
     pids = target.pids()
     emu_pids = emu.pids()
     hwm_reset = reset_hwm(pids) if pids else False
-    cpu0 = cpu_seconds(pids)
+    us0 = cpu_split(pids)
+    cpu0 = sum(us0)
     emu0 = cpu_seconds(emu_pids)
     kids0 = resource.getrusage(resource.RUSAGE_CHILDREN)
     mach0 = machine_jiffies()
@@ -495,7 +511,8 @@ def measure(kind, target, emu, opts, **kw):
     mach1 = machine_jiffies()
     kids1 = resource.getrusage(resource.RUSAGE_CHILDREN)
     pids_after = target.pids()
-    cpu1 = cpu_seconds(pids_after)
+    us1 = cpu_split(pids_after)
+    cpu1 = sum(us1)
     emu1 = cpu_seconds(emu.pids())
     load_cpu = (kids1.ru_utime + kids1.ru_stime) - (kids0.ru_utime + kids0.ru_stime)
     gw_cpu = max(0.0, cpu1 - cpu0)
@@ -506,6 +523,8 @@ def measure(kind, target, emu, opts, **kw):
         "idle_wait_s": round(waited, 2), "busy_cores_before": round(busy, 2),
         "idle_gave_up": gave_up,
         "gateway_cpu_s": round(gw_cpu, 3),
+        "gateway_user_s": round(us1[0] - us0[0], 3),
+        "gateway_sys_s": round(us1[1] - us0[1], 3),
         "emulator_cpu_s": round(emu_cpu, 3),
         "loadgen_cpu_s": round(load_cpu, 3),
         # CPU the machine spent on anything but this measurement's processes: noise.
@@ -513,6 +532,7 @@ def measure(kind, target, emu, opts, **kw):
         "cpu_s_per_1k": round(gw_cpu / requests * 1000, 4) if requests and pids else None,
         "emulator_cpu_s_per_1k": round(emu_cpu / requests * 1000, 4) if requests else None,
         "rss_max_mb": round(sampler.max_kb / 1024, 1) if pids else None,
+        "threads_max": sampler.max_threads if pids else None,
         "hwm_mb": (round(sum(status_kb(p, "VmHWM") for p in pids_after) / 1024, 1)
                    if pids and hwm_reset else None),
     })
@@ -616,9 +636,18 @@ def main():
                     help="idle = at most this many cores busy (over 0.5 s)")
     ap.add_argument("--idle-wait", type=float, default=None,
                     help="longest wait for idle before a measurement (default 20 s, quick 3 s)")
+    ap.add_argument("--idle-budget", type=float, default=None,
+                    help="most seconds spent waiting for idle over the whole run "
+                         "(default 300, quick 30); then measurements start at once")
     ap.add_argument("--litellm-workers", type=int, default=2)
     ap.add_argument("--emulator-nagle", action="store_true",
                     help="run the emulator as built (Nagle on) instead of with bench/nodelay.c")
+    ap.add_argument("--only", default=None,
+                    help="comma list of measurements to run (rps_c32, stream_rps_c32, paced, "
+                         "paced_low, ttft, streams_1k, ...); default all")
+    ap.add_argument("--tollgate-env", action="append", default=[], metavar="K=V",
+                    help="extra environment for tollgate serve (experiments, e.g. "
+                         "MALLOC_ARENA_MAX=2); recorded in the JSON")
     ap.add_argument("--keep-logs", action="store_true",
                     help="keep tollgate's request log (default: to /dev/null)")
     ap.add_argument("--out", default=os.path.join(BENCH, "results", "latest.json"))
@@ -628,6 +657,8 @@ def main():
     opts.duration = opts.duration or (2.0 if quick else 10.0)
     opts.reps = opts.reps or (1 if quick else 3)
     opts.idle_wait = opts.idle_wait if opts.idle_wait is not None else (3.0 if quick else 20.0)
+    opts.idle_budget = opts.idle_budget if opts.idle_budget is not None else (30.0 if quick else 300.0)
+    opts.idle_budget_left = opts.idle_budget
     concs = [int(c) for c in (opts.concurrency or ("32" if quick else "1,32,256")).split(",")]
     if 32 not in concs:
         concs.append(32)  # the ratios are taken at 32
@@ -658,7 +689,8 @@ def main():
                 targets[name] = start_litellm(opts.venv, emu_port, tmp, opts.litellm_workers)
             elif name == "tollgate":
                 targets[name], features = start_tollgate(opts.tollgate, emu_port, tmp,
-                                                         opts.keep_logs)
+                                                         opts.keep_logs, opts.tollgate_env)
+                features += [f"experiment env {kv}" for kv in opts.tollgate_env]
             elif name != "direct":
                 raise SystemExit(f"unknown target {name}")
         for t in targets.values():
@@ -709,6 +741,9 @@ def main():
                        {"conns": opts.streams, "duration": max(dur, 3.0), "stream": True,
                         "timeout_s": 30}))
 
+        if opts.only:
+            keep = set(opts.only.split(","))
+            matrix = [m for m in matrix if m[1] in keep]
         results = {}  # mid -> target -> [rep results]
         n_meas = sum(len(m[3]) for m in matrix) * opts.reps
         est = n_meas * (dur + 1.5)
@@ -878,6 +913,8 @@ def analyse(results, targets, peak, opts, concs, features, tmp):
         "busy_cores_before_median": rnd(med([r["busy_cores_before"] for r in all_runs]), 2),
         "foreign_cpu_s_total": rnd(sum(r["foreign_cpu_s"] for r in all_runs), 1),
         "foreign_cpu_cores_median": rnd(med([r["foreign_cpu_s"] / opts.duration for r in all_runs]), 2),
+        "idle_wait_total_s": rnd(sum(r["idle_wait_s"] for r in all_runs), 1),
+        "idle_budget_exhausted": opts.idle_budget_left <= 0,
     }
     tg = per.get("tollgate", {})
     out = {
@@ -908,8 +945,9 @@ def analyse(results, targets, peak, opts, concs, features, tmp):
             "interleaving": "for each repetition, for each measurement, every target in "
                             "turn; target order rotated per repetition",
             "idle_wait": f"before each measurement wait until <= {opts.idle_busy} cores "
-                         f"busy over 0.5 s, at most {opts.idle_wait} s (then measure anyway "
-                         "and count it in noise.idle_wait_gave_up)",
+                         f"busy over 0.5 s, at most {opts.idle_wait} s and at most "
+                         f"{opts.idle_budget} s over the run (then measure anyway and count "
+                         "it in noise.idle_wait_gave_up)",
             "paced": f"{opts.paced_rps} requests/s offered (20 connections with think time); "
                      f"LiteLLM at {opts.litellm_paced_rps} requests/s (with direct and tollgate "
                      "at the same rate for its baseline); added = target - direct, per "

@@ -55,6 +55,9 @@ def main():
     ap.add_argument("--requests", type=int, default=2000)
     ap.add_argument("--warmup", type=int, default=200)
     ap.add_argument("--stream", action="store_true")
+    ap.add_argument("--concurrency", type=int, default=1,
+                    help="clients sending at once (lets the ledger's group commit batch)")
+    ap.add_argument("--config", default=os.path.join(harness.BENCH, "tollgate.toml"))
     ap.add_argument("--log-level", default=None,
                     help="RUST_LOG for tollgate (default: its production default, info)")
     ap.add_argument("--top", type=int, default=25)
@@ -77,7 +80,7 @@ def main():
         env.pop("RUST_LOG", None)
         if a.log_level:
             env["RUST_LOG"] = a.log_level
-        cfg = os.path.join(harness.BENCH, "tollgate.toml")
+        cfg = a.config
         flags, _ = harness.keys_create_flags(a.tollgate)
         r = subprocess.run([a.tollgate, "keys", "create", "--name", "prof", "--config", cfg,
                             "--json"] + flags, capture_output=True, text=True, env=env, check=True)
@@ -96,7 +99,15 @@ def main():
         pid = str(p.pid)
         subprocess.run(["callgrind_control", "-z", pid], check=True, capture_output=True)
         t0 = time.time()
-        bad = send(port, path, key, model, a.requests, a.stream)
+        if a.concurrency <= 1:
+            bad = send(port, path, key, model, a.requests, a.stream)
+        else:
+            import concurrent.futures
+            per = a.requests // a.concurrency
+            with concurrent.futures.ThreadPoolExecutor(a.concurrency) as ex:
+                bad = sum(ex.map(lambda _: send(port, path, key, model, per, a.stream),
+                                 range(a.concurrency)))
+            a.requests = per * a.concurrency
         wall = time.time() - t0
         subprocess.run(["callgrind_control", "-d", pid], check=True, capture_output=True)
         time.sleep(1)
@@ -110,6 +121,7 @@ def main():
         total = int(m.group(1).replace(",", "")) if m else None
         n = a.requests
         print(f"# tollgate {'stream' if a.stream else 'non-stream'}, {n} requests "
+              f"from {a.concurrency} client(s) "
               f"({bad} bad), RUST_LOG={a.log_level or 'default(info)'}, "
               f"{wall:.1f} s under callgrind")
         if total:
