@@ -31,10 +31,19 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import harness  # noqa: E402
 
 
+PROMPT_CHARS = 0
+
+
 def send(port, path, key, model, n, stream):
+    user = "Say hello to the benchmark in one short sentence."
+    words = "the quick brown fox jumps over the lazy dog while prices fall".split()
+    i = 0
+    while len(user) < PROMPT_CHARS:
+        user += " " + words[i % len(words)]
+        i += 1
     body = json.dumps({"model": model, "messages": [
         {"role": "system", "content": "You are terse."},
-        {"role": "user", "content": "Say hello to the benchmark in one short sentence."}],
+        {"role": "user", "content": user}],
         "max_tokens": 1024, "stream": stream}).encode()
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=120)
     hdr = {"Content-Type": "application/json", "Authorization": f"Bearer {key}"}
@@ -58,11 +67,15 @@ def main():
     ap.add_argument("--concurrency", type=int, default=1,
                     help="clients sending at once (lets the ledger's group commit batch)")
     ap.add_argument("--config", default=os.path.join(harness.BENCH, "tollgate.toml"))
+    ap.add_argument("--prompt-chars", type=int, default=0,
+                    help="pad the user message to this many characters")
     ap.add_argument("--log-level", default=None,
                     help="RUST_LOG for tollgate (default: its production default, info)")
     ap.add_argument("--top", type=int, default=25)
     ap.add_argument("--keep", help="copy the callgrind output file here")
     a = ap.parse_args()
+    global PROMPT_CHARS
+    PROMPT_CHARS = a.prompt_chars
 
     tmp = tempfile.mkdtemp(prefix="tollgate-profile-")
     procs = []
