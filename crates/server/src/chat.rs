@@ -4,6 +4,15 @@
 //! resolve the model → check the key may use it → encode with the provider's codec →
 //! send through the one upstream client → relay: decode the vendor's answer or stream
 //! back into OpenAI's shape, chunk by chunk → report (headers, logs).
+//!
+//! A virtual model is routed first ([`crate::route`]): its candidates are tried in the
+//! plan's order. A retryable failure before the vendor accepted the request (connect
+//! error, timeout before the first byte, 429, 5xx, overload codes) moves on to the next
+//! candidate after a capped exponential backoff with jitter, within the virtual model's
+//! deadline and attempt limit; nothing is retried once the vendor answered 200 (it may
+//! bill), so never after a stream's first byte went to the client. A non-retryable
+//! error (the request is invalid) returns at once. Every attempt lands in the ledger
+//! row's `attempts`; the row's provider/model is the candidate that served.
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -21,6 +30,7 @@ use tollgate_store::KeyRecord;
 
 use crate::error::ApiError;
 use crate::metering::{self, Outcome, Ticket};
+use crate::route::{self, Route};
 use crate::state::{AppState, Resolved};
 use crate::tokens;
 use crate::RequestId;
@@ -102,10 +112,23 @@ pub async fn chat_completions(
     let bytes = read_body(body, state.config.max_body_bytes).await?;
     let req: ChatRequest = decode_json(&bytes)?;
     req.validate()?;
-    let resolved = state.resolve(&req.model)?;
-    authorize(&key, &resolved)?;
-    let ticket = metering::admit(&state, &rid, &key, &req, &resolved).await?;
-    Ok(complete(&state, &rid, &req, &resolved, ticket).await?)
+    let controls = route::Controls::from_headers(&state, &headers)?;
+    let route = match state.virtual_models.get(&req.model) {
+        Some(vr) => route::plan_virtual(&state, vr, &key, &req, &controls)?,
+        None => {
+            let resolved = state.resolve(&req.model)?;
+            authorize(&key, &resolved)?;
+            route::check_direct_cost(&state, &resolved, &req, &controls)?;
+            Route::direct(resolved)
+        }
+    };
+    let first = route
+        .tries
+        .first()
+        .map(|(r, _)| r.clone())
+        .ok_or_else(GatewayError::internal)?;
+    let ticket = metering::admit(&state, &rid, &key, &req, &first).await?;
+    Ok(complete_routed(&state, &rid, &req, route, ticket).await?)
 }
 
 /// 403 when the key may not use the model.
@@ -135,6 +158,8 @@ fn upstream_err(r: &Resolved, e: &UpstreamError) -> GatewayError {
 struct Failure {
     error: GatewayError,
     billed: bool,
+    /// What the upstream did; `None` when the request could not be encoded for it.
+    upstream: Option<tollgate_core::UpstreamErrorKind>,
 }
 
 impl Failure {
@@ -142,7 +167,14 @@ impl Failure {
         Failure {
             error,
             billed: false,
+            upstream: None,
         }
+    }
+
+    /// Whether another candidate may be tried: the vendor did not accept the request,
+    /// and the failure was the upstream's (or this vendor could not take the request).
+    fn may_fall_back(&self) -> bool {
+        !self.billed && self.upstream.is_none_or(|k| k.retryable())
     }
 }
 
@@ -163,7 +195,8 @@ async fn call(
     req: &ChatRequest,
     r: &Resolved,
     dctx: &DecodeCtx,
-) -> Result<Answer, Failure> {
+) -> Result<(Answer, std::time::Duration), Failure> {
+    let t0 = tokio::time::Instant::now();
     let stream = req.is_stream();
     let ctx = EncodeCtx {
         base_url: &r.provider.cfg.base_url,
@@ -186,8 +219,13 @@ async fn call(
             )))
         }
     };
-    let fail = |e: &UpstreamError| Failure::before_answer(upstream_err(r, e));
+    let fail = |e: &UpstreamError| Failure {
+        error: upstream_err(r, e),
+        billed: false,
+        upstream: Some(e.kind),
+    };
     let resp = state.upstream.send(&http).await.map_err(|e| fail(&e))?;
+    let head = t0.elapsed();
     if resp.status >= 400 {
         let body = state
             .upstream
@@ -204,6 +242,7 @@ async fn call(
     let billed = |e: &UpstreamError| Failure {
         error: upstream_err(r, e),
         billed: true,
+        upstream: Some(e.kind),
     };
     if !stream {
         let body = state
@@ -212,7 +251,7 @@ async fn call(
             .await
             .map_err(|e| billed(&e))?;
         return match r.provider.codec.decode(resp.status, &body, dctx) {
-            Ok(out) => Ok(Answer::Full(out)),
+            Ok(out) => Ok((Answer::Full(out), head)),
             // An error the vendor reports inside a 200 (ERNIE, Hunyuan) was not billed.
             Err(e) if e.kind != tollgate_core::UpstreamErrorKind::Protocol => Err(fail(&e)),
             Err(e) => Err(billed(&e)),
@@ -247,15 +286,19 @@ async fn call(
             "the upstream stream was empty",
         )));
     }
-    Ok(Answer::Stream {
-        body,
-        decoder,
-        first,
-        ended,
-    })
+    Ok((
+        Answer::Stream {
+            body,
+            decoder,
+            first,
+            ended,
+        },
+        t0.elapsed(),
+    ))
 }
 
-/// Calls the upstream, settles the ticket and builds the client's response.
+/// Calls the upstream, settles the ticket and builds the client's response (a direct
+/// `provider/model`: one attempt, no fallback).
 pub async fn complete(
     state: &Arc<AppState>,
     rid: &RequestId,
@@ -263,33 +306,176 @@ pub async fn complete(
     r: &Resolved,
     ticket: Ticket,
 ) -> Result<Response, GatewayError> {
-    let now = chrono::Utc::now();
-    let dctx = DecodeCtx {
-        request_id: rid.0.clone(),
-        created: now.timestamp(),
-        model: r.model.clone(),
+    complete_routed(state, rid, req, Route::direct(r.clone()), ticket).await
+}
+
+/// The backoff before attempt `n + 1` (n >= 1 attempts made): `backoff * 2^(n-1)`,
+/// capped, with "equal jitter" (half fixed, half random) so that clients failing over
+/// together spread out.
+fn backoff(retry: &crate::config::Retry, n: usize) -> std::time::Duration {
+    let base = retry.backoff.as_millis() as u64;
+    let exp = base.saturating_mul(1u64 << (n.saturating_sub(1)).min(16));
+    let capped = exp.min(retry.backoff_max.as_millis() as u64);
+    let half = capped / 2;
+    let jitter = if half == 0 {
+        0
+    } else {
+        route::random_u64() % (half + 1)
     };
-    let answer = match call(state, req, r, &dctx).await {
-        Ok(a) => a,
-        Err(f) => {
-            let status = if f.billed {
-                "upstream_error_after_accept"
+    std::time::Duration::from_millis(half + jitter)
+}
+
+fn attempt_json(r: &Resolved, outcome: &str, error: &GatewayError, latency_ms: u128) -> serde_json::Value {
+    serde_json::json!({
+        "provider": r.provider.cfg.id, "model": r.model, "outcome": outcome,
+        "http_status": error.kind.http_status(),
+        "error": error.code.clone().unwrap_or_default(),
+        "message": error.message,
+        "latency_ms": latency_ms,
+    })
+}
+
+/// Tries the route's candidates in order (see the module docs) and answers with the
+/// first that serves.
+pub async fn complete_routed(
+    state: &Arc<AppState>,
+    rid: &RequestId,
+    req: &ChatRequest,
+    route: Route,
+    mut ticket: Ticket,
+) -> Result<Response, GatewayError> {
+    let started = tokio::time::Instant::now();
+    let max = route.retry.max_attempts as usize;
+    let mut tried = 0usize;
+    let mut last: Option<GatewayError> = None;
+    for (i, (r, verdict)) in route.tries.iter().enumerate() {
+        if tried >= max {
+            break;
+        }
+        let name = r.name();
+        if i > 0 {
+            if tried > 0 {
+                let delay = backoff(&route.retry, tried);
+                if started.elapsed() + delay > route.retry.deadline {
+                    tracing::info!(request_id = %rid.0, "routing deadline reached; no further attempts");
+                    break;
+                }
+                tokio::time::sleep(delay).await;
+            }
+            if let Err(e) = ticket.retarget(req, r, chrono::Utc::now()) {
+                ticket.record_attempt(attempt_json(r, "skipped_budget", &e, 0));
+                last = Some(e);
+                continue;
+            }
+        }
+        let permit = match state.health.acquire(&name) {
+            Ok(p) => p,
+            Err(why) => {
+                let e = GatewayError::new(
+                    ErrorKind::Unavailable,
+                    format!("The model '{name}' is unavailable: its circuit is open ({why})"),
+                )
+                .with_code("circuit_open");
+                ticket.record_attempt(attempt_json(r, "skipped_circuit_open", &e, 0));
+                last = Some(e);
+                continue;
+            }
+        };
+        tried += 1;
+        state.health.free_request(&name, chrono::Utc::now());
+        let now = chrono::Utc::now();
+        let dctx = DecodeCtx {
+            request_id: rid.0.clone(),
+            created: now.timestamp(),
+            model: r.model.clone(),
+        };
+        let t0 = tokio::time::Instant::now();
+        match call(state, req, r, &dctx).await {
+            Ok((answer, ttft)) => {
+                state.health.success(&name, Some(ttft));
+                let header = route.header(*verdict, tried);
+                return finish(state, rid, req, r, ticket, answer, header).await;
+            }
+            Err(f) => {
+                match f.upstream {
+                    Some(k) if k.retryable() => state.health.failure(&name, &f.error.message),
+                    Some(_) => state.health.success(&name, None),
+                    None => state.health.release(&name, permit),
+                }
+                if f.upstream == Some(tollgate_core::UpstreamErrorKind::RateLimited) {
+                    let secs = f.error.retry_after_secs.unwrap_or(60).clamp(1, 86_400);
+                    let is_free = r.entry.as_ref().is_some_and(|e| {
+                        tollgate_core::routing::free_by_price(e, now)
+                            || tollgate_core::routing::has_free_quota(e)
+                    });
+                    if is_free {
+                        state
+                            .health
+                            .free_throttled(&name, now + chrono::Duration::seconds(secs as i64));
+                    }
+                }
+                let more = f.may_fall_back() && i + 1 < route.tries.len() && tried < max;
+                if more {
+                    tracing::info!(request_id = %rid.0, candidate = %name, error = %f.error.message, "falling back to the next candidate");
+                    ticket.record_attempt(attempt_json(
+                        r,
+                        "upstream_error",
+                        &f.error,
+                        t0.elapsed().as_millis(),
+                    ));
+                    last = Some(f.error);
+                    continue;
+                }
+                let status = if f.billed {
+                    "upstream_error_after_accept"
+                } else {
+                    "upstream_error"
+                };
+                ticket
+                    .settle(Outcome {
+                        usage: None,
+                        completion_estimate: 0,
+                        upstream_reached: f.billed,
+                        status,
+                        http_status: f.error.kind.http_status(),
+                        ttft_ms: None,
+                    })
+                    .await?;
+                return Err(f.error);
+            }
+        }
+    }
+    let error = last.unwrap_or_else(|| {
+        GatewayError::new(ErrorKind::Unavailable, "No candidate could be tried")
+            .with_code("no_healthy_candidate")
+    });
+    ticket
+        .settle(Outcome {
+            usage: None,
+            completion_estimate: 0,
+            upstream_reached: false,
+            status: if error.code.as_deref() == Some("circuit_open") {
+                "circuit_open"
             } else {
                 "upstream_error"
-            };
-            ticket
-                .settle(Outcome {
-                    usage: None,
-                    completion_estimate: 0,
-                    upstream_reached: f.billed,
-                    status,
-                    http_status: f.error.kind.http_status(),
-                    ttft_ms: None,
-                })
-                .await?;
-            return Err(f.error);
-        }
-    };
+            },
+            http_status: error.kind.http_status(),
+            ttft_ms: None,
+        })
+        .await?;
+    Err(error)
+}
+
+/// Settles a served answer and builds the client's response.
+async fn finish(
+    state: &Arc<AppState>,
+    rid: &RequestId,
+    req: &ChatRequest,
+    r: &Resolved,
+    ticket: Ticket,
+    answer: Answer,
+    route_header: Option<String>,
+) -> Result<Response, GatewayError> {
     let ttft = Some(ticket.elapsed_ms());
     match answer {
         Answer::Full(mut out) => {
@@ -312,6 +498,9 @@ pub async fn complete(
             let h = response.headers_mut();
             h.insert("content-type", HeaderValue::from_static("application/json"));
             add_route_headers(h, r);
+            if let Some(v) = &route_header {
+                insert(h, "x-tollgate-route", v);
+            }
             insert(h, "x-tollgate-cost", &priced.header());
             if let Some(c) = priced.converted_header() {
                 insert(h, "x-tollgate-cost-converted", &c);
@@ -339,6 +528,9 @@ pub async fn complete(
             h.insert("cache-control", HeaderValue::from_static("no-cache"));
             h.insert("x-accel-buffering", HeaderValue::from_static("no"));
             add_route_headers(h, r);
+            if let Some(v) = &route_header {
+                insert(h, "x-tollgate-route", v);
+            }
             if let Some(max) = &ticket.max_cost {
                 insert(h, "x-tollgate-cost-max", &max.to_string());
             }

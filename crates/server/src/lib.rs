@@ -7,8 +7,11 @@
 //! - [`chat`]: `POST /v1/chat/completions`, the request lifecycle from accept to relay.
 //! - [`metering`]: admission (rate limits, budget reservation) and settlement (cost,
 //!   ledger row) of one request; [`budget`], [`limits`] and [`tokens`] do the parts.
+//! - [`route`]: virtual models: candidates, per-request controls, the plan with health
+//!   signals (the decision itself is `tollgate_core::routing`).
+//! - [`health`]: circuit breakers, TTFT EWMAs and free-tier usage per upstream model.
 //! - [`ledger`]: the group-commit ledger writer thread.
-//! - [`admin`]: `/admin/keys` (admin key required).
+//! - [`admin`]: `/admin/keys` and `/admin/health` (admin key required).
 //! - [`upstream`]: the one pooled upstream client with its timeouts.
 //! - [`error`]: the one mapping from errors to HTTP responses.
 //!
@@ -20,9 +23,11 @@ pub mod budget;
 pub mod chat;
 pub mod config;
 pub mod error;
+pub mod health;
 pub mod ledger;
 pub mod limits;
 pub mod metering;
+pub mod route;
 pub mod state;
 pub mod tokens;
 pub mod upstream;
@@ -76,6 +81,7 @@ pub fn app(state: Arc<AppState>) -> Router {
         .route("/healthz", get(healthz))
         .route("/admin/keys", get(admin::list_keys).post(admin::create_key))
         .route("/admin/keys/{id}", axum::routing::delete(admin::revoke_key))
+        .route("/admin/health", get(admin::health))
         .fallback(error::not_found)
         .method_not_allowed_fallback(error::method_not_allowed)
         .layer(axum::middleware::from_fn(request_id))

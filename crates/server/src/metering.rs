@@ -85,6 +85,8 @@ pub struct Ticket {
     pub max_cost: Option<Money>,
     /// `x-ratelimit-*` headers for the key.
     pub rate_headers: Vec<(&'static str, String)>,
+    /// Earlier attempts of a routed request (failed candidates), for the ledger row.
+    attempts: Vec<serde_json::Value>,
     settled: bool,
 }
 
@@ -307,6 +309,7 @@ pub async fn admit(
         started: Instant::now(),
         max_cost: None,
         rate_headers,
+        attempts: Vec::new(),
         settled: false,
     };
 
@@ -352,6 +355,78 @@ pub async fn admit(
 }
 
 impl Ticket {
+    /// Records a failed or skipped attempt of a routed request (one ledger row holds
+    /// them all; the row's provider/model is the candidate that served).
+    pub fn record_attempt(&mut self, attempt: serde_json::Value) {
+        self.attempts.push(attempt);
+    }
+
+    /// Moves the request to another candidate before it is tried: the previous
+    /// candidate's budget reservation is released (its attempt failed before the vendor
+    /// accepted the request, so it cost nothing) and the new candidate's worst case is
+    /// reserved. Re-reserving per attempt, rather than the maximum over all candidates
+    /// up front, keeps a cheap request from being refused because an expensive fallback
+    /// exists, and never lets an attempt run unreserved. The key's RPM/TPM were counted
+    /// once at admission: one client request is one request.
+    pub fn retarget(
+        &mut self,
+        req: &ChatRequest,
+        r: &Resolved,
+        now: DateTime<Utc>,
+    ) -> Result<(), GatewayError> {
+        let release: Vec<(String, i128, i128)> = self
+            .budgets
+            .iter()
+            .map(|(id, reserved, _)| (id.clone(), *reserved, 0))
+            .collect();
+        self.state.budgets.settle(&release, now);
+        let currencies: Vec<(String, Currency)> =
+            self.budgets.drain(..).map(|(id, _, c)| (id, c)).collect();
+        let model_id = format!("{}/{}", r.provider.cfg.id, r.model);
+        self.row.provider = r.provider.cfg.id.clone();
+        self.row.model = r.model.clone();
+        self.entry = r.entry.clone();
+        self.prompt_estimate = tokens::prompt_tokens(req, r.provider.cfg.kind, &r.model);
+        self.max_cost = None;
+        let Some(e) = r.entry.clone() else {
+            if currencies.is_empty() {
+                return Ok(());
+            }
+            return Err(GatewayError::new(
+                ErrorKind::InsufficientQuota,
+                format!("The model '{model_id}' has no price in the catalog, so budgets cannot be enforced for it"),
+            )
+            .with_code("insufficient_quota"));
+        };
+        let max_out = req
+            .max_output_tokens()
+            .map(u64::from)
+            .or(Some(e.max_output).filter(|m| *m > 0))
+            .unwrap_or(4_096);
+        let max = estimate_max_cost(
+            &e,
+            tokens::reservation_tokens(self.prompt_estimate),
+            max_out,
+            now,
+        )
+        .map_err(|err| {
+            tracing::error!(error = %err, model = %model_id, "cannot estimate cost");
+            GatewayError::internal()
+        })?;
+        self.max_cost = Some(max.amount);
+        let mut items = Vec::new();
+        for (id, cur) in currencies {
+            items.push((id, amount_in(&self.state, &max.amount, cur, now)?, cur));
+        }
+        let reserve: Vec<(String, i128)> = items.iter().map(|(i, a, _)| (i.clone(), *a)).collect();
+        self.state.budgets.reserve(&reserve, now).map_err(|refusal| {
+            GatewayError::new(ErrorKind::InsufficientQuota, refusal.message)
+                .with_code("insufficient_quota")
+        })?;
+        self.budgets = items;
+        Ok(())
+    }
+
     /// Milliseconds since admission.
     pub fn elapsed_ms(&self) -> i64 {
         self.started.elapsed().as_millis() as i64
@@ -453,11 +528,19 @@ impl Ticket {
         row.ttft_ms = outcome.ttft_ms;
         row.status = outcome.status.to_owned();
         row.http_status = i64::from(outcome.http_status);
-        row.attempts = serde_json::json!([{
+        let mut attempts = self.attempts.clone();
+        attempts.push(serde_json::json!({
             "provider": row.provider, "model": row.model, "outcome": outcome.status,
-            "latency_ms": row.latency_ms,
-        }])
-        .to_string();
+            "http_status": outcome.http_status, "latency_ms": row.latency_ms,
+        }));
+        row.attempts = serde_json::Value::Array(attempts).to_string();
+        if outcome.upstream_reached && usage.total_tokens() > 0 {
+            self.state.health.free_tokens(
+                &format!("{}/{}", row.provider, row.model),
+                usage.total_tokens(),
+                now,
+            );
+        }
         (row, priced)
     }
 }

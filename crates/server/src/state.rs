@@ -13,8 +13,10 @@ use tollgate_store::{hash_key, KeyRecord, KeyStore, LedgerStore};
 
 use crate::budget::Budgets;
 use crate::config::{Config, ProviderConfig};
+use crate::health::Health;
 use crate::ledger::LedgerWriter;
 use crate::limits::Limits;
+use crate::route::VirtualRoutes;
 use crate::upstream::Upstream;
 
 /// A configured provider and its codec.
@@ -45,6 +47,7 @@ impl Provider {
 }
 
 /// What a client's `model` resolved to.
+#[derive(Clone)]
 pub struct Resolved {
     pub provider: Arc<Provider>,
     /// The served model id (without the provider prefix).
@@ -52,6 +55,13 @@ pub struct Resolved {
     pub upstream_model: String,
     /// The model's catalog entry (prices, limits), if it has one.
     pub entry: Option<Arc<ModelEntry>>,
+}
+
+impl Resolved {
+    /// `provider/model`, the name health and routing know it by.
+    pub fn name(&self) -> String {
+        format!("{}/{}", self.provider.cfg.id, self.model)
+    }
 }
 
 /// The stores the gateway writes to.
@@ -90,6 +100,10 @@ pub struct AppState {
     pub catalog: Arc<Catalog>,
     pub budgets: Budgets,
     pub limits: Limits,
+    /// Circuit breakers, TTFT EWMAs and free-tier usage per `provider/model`.
+    pub health: Health,
+    /// Virtual models by name, with their candidates resolved.
+    pub virtual_models: VirtualRoutes,
 }
 
 /// The catalog: ours, plus the config's extra directories and FX overrides.
@@ -170,7 +184,8 @@ impl AppState {
             providers.insert(p.id.clone(), prov);
         }
         let ledger = LedgerWriter::spawn(stores.ledger_writer)?;
-        Ok(Arc::new(AppState {
+        let health = Health::new(config.routing.breaker);
+        let mut state = AppState {
             config,
             providers,
             by_model,
@@ -182,7 +197,18 @@ impl AppState {
             catalog,
             budgets: Budgets::new(),
             limits: Limits::new(),
-        }))
+            health,
+            virtual_models: VirtualRoutes::new(),
+        };
+        let mut routes = VirtualRoutes::new();
+        for (name, vm) in &state.config.routing.virtual_models {
+            if state.providers.contains_key(name) || state.by_model.contains_key(name) {
+                tracing::warn!(virtual_model = %name, "a virtual model shadows a served model or provider of the same name");
+            }
+            routes.insert(name.clone(), crate::route::expand(&state, vm)?);
+        }
+        state.virtual_models = routes;
+        Ok(Arc::new(state))
     }
 
     /// Resolves `provider/model` or a bare model id.
