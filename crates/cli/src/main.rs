@@ -6,6 +6,7 @@
 mod demo;
 mod emulate;
 mod keys;
+mod route;
 mod serve;
 
 use std::io::Write;
@@ -33,6 +34,9 @@ enum Command {
     Keys(keys::KeysArgs),
     /// Run one vendor's API emulator (for tests, demos and benchmarks).
     Emulate(emulate::EmulateArgs),
+    /// Explain how a virtual model routes a request: ranked candidates, estimated
+    /// costs, and why each was kept or dropped (`--json` for scripts).
+    Route(route::RouteArgs),
 }
 
 /// Where the store is: a config file's data_dir, or a data directory given directly.
@@ -119,6 +123,7 @@ fn main() -> std::process::ExitCode {
                 demo::run(a).await
             }
             Command::Keys(a) => keys::run(a).await,
+            Command::Route(a) => route::run(a).await,
             Command::Emulate(a) => {
                 init_logging("warn");
                 emulate::run(a).await
