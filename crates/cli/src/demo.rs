@@ -90,7 +90,11 @@ pub fn demo_virtual_models() -> BTreeMap<String, VirtualModel> {
     };
     BTreeMap::from([
         vm("cheapest", Strategy::Cheapest, Vec::new()),
-        vm("cheapest-tools", Strategy::Cheapest, vec!["tools".to_owned()]),
+        vm(
+            "cheapest-tools",
+            Strategy::Cheapest,
+            vec!["tools".to_owned()],
+        ),
         vm("free-first", Strategy::FreeFirst, Vec::new()),
     ])
 }

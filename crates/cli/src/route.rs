@@ -211,7 +211,9 @@ fn render(args: &RouteArgs, name: &str, plan: &Plan) -> anyhow::Result<String> {
         .iter()
         .map(|v| {
             [
-                v.rank.map(|r| r.to_string()).unwrap_or_else(|| "-".to_owned()),
+                v.rank
+                    .map(|r| r.to_string())
+                    .unwrap_or_else(|| "-".to_owned()),
                 v.candidate.clone(),
                 v.estimate_converted
                     .map(|m| m.to_string())

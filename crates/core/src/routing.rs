@@ -423,7 +423,10 @@ fn check(
     }
     if let Some(m) = needs.max_tokens {
         if e.max_output > 0 && m > e.max_output {
-            return Err(format!("max_tokens {m} > its output limit {}", e.max_output));
+            return Err(format!(
+                "max_tokens {m} > its output limit {}",
+                e.max_output
+            ));
         }
     }
     if let Some(floor) = &opts.quality_floor {
@@ -530,15 +533,13 @@ fn order(
         }
         Strategy::FreeFirst => {
             kept.sort_by(|a, b| {
-                b.free
-                    .cmp(&a.free)
-                    .then_with(|| {
-                        if a.free && b.free {
-                            b.quality.cmp(&a.quality).then(a.index.cmp(&b.index))
-                        } else {
-                            by_cost(a, b)
-                        }
-                    })
+                b.free.cmp(&a.free).then_with(|| {
+                    if a.free && b.free {
+                        b.quality.cmp(&a.quality).then(a.index.cmp(&b.index))
+                    } else {
+                        by_cost(a, b)
+                    }
+                })
             });
             annotate(kept, &|v| {
                 if v.free {
@@ -675,7 +676,10 @@ mod tests {
 
     #[test]
     fn strategy_parses() {
-        assert_eq!("free_first".parse::<Strategy>().unwrap(), Strategy::FreeFirst);
+        assert_eq!(
+            "free_first".parse::<Strategy>().unwrap(),
+            Strategy::FreeFirst
+        );
         assert_eq!("Cheapest".parse::<Strategy>().unwrap(), Strategy::Cheapest);
         assert!("fastest".parse::<Strategy>().is_err());
     }
@@ -703,14 +707,19 @@ mod tests {
             .map(|v| v.estimate_converted.unwrap().nanos)
             .collect();
         assert!(costs.windows(2).all(|w| w[0] <= w[1]), "{costs:?}");
-        assert!(p.kept().all(|v| v.estimate_converted.unwrap().currency == Currency::Cny));
+        assert!(p
+            .kept()
+            .all(|v| v.estimate_converted.unwrap().currency == Currency::Cny));
         // deepseek-chat at peak (2 + 8 CNY/M): 1000*2 + 200*8 = 3600 nano-per-M units
         let ds = p
             .verdicts
             .iter()
             .find(|v| v.candidate == "deepseek/deepseek-chat")
             .unwrap();
-        assert_eq!(ds.estimate.unwrap(), Money::from_decimal("0.0036", Currency::Cny).unwrap());
+        assert_eq!(
+            ds.estimate.unwrap(),
+            Money::from_decimal("0.0036", Currency::Cny).unwrap()
+        );
         let h = p.header(p.kept().next().unwrap(), 1);
         assert!(h.starts_with("cheapest; 3 candidates; chose "), "{h}");
     }
@@ -862,7 +871,11 @@ mod tests {
         );
         assert_eq!(
             names(&p),
-            vec!["zhipu/glm-4-flash", "deepseek/deepseek-chat", "openai/gpt-4o"]
+            vec![
+                "zhipu/glm-4-flash",
+                "deepseek/deepseek-chat",
+                "openai/gpt-4o"
+            ]
         );
         assert!(p.verdicts[0].free);
         cands[2].signals.free_exhausted = Some("rpd 2 of 2 used".into());
@@ -874,7 +887,9 @@ mod tests {
             &mut SplitMix64(1),
         );
         assert_eq!(names(&p), vec!["deepseek/deepseek-chat", "openai/gpt-4o"]);
-        assert!(p.why_none().contains("free-tier limit reached (rpd 2 of 2 used)"));
+        assert!(p
+            .why_none()
+            .contains("free-tier limit reached (rpd 2 of 2 used)"));
     }
 
     #[test]
@@ -950,12 +965,30 @@ mod tests {
         }
         // 3/4 expected
         assert!((2800..3200).contains(&first_ds), "{first_ds}");
-        let a = plan(&cands, &small(), &opts(Strategy::Weighted, peak()), cat.fx(), &mut SplitMix64(7));
-        let b = plan(&cands, &small(), &opts(Strategy::Weighted, peak()), cat.fx(), &mut SplitMix64(7));
+        let a = plan(
+            &cands,
+            &small(),
+            &opts(Strategy::Weighted, peak()),
+            cat.fx(),
+            &mut SplitMix64(7),
+        );
+        let b = plan(
+            &cands,
+            &small(),
+            &opts(Strategy::Weighted, peak()),
+            cat.fx(),
+            &mut SplitMix64(7),
+        );
         assert_eq!(names(&a), names(&b));
         cands[0].weight = 0;
         for s in 0..50 {
-            let p = plan(&cands, &small(), &opts(Strategy::Weighted, peak()), cat.fx(), &mut SplitMix64(s));
+            let p = plan(
+                &cands,
+                &small(),
+                &opts(Strategy::Weighted, peak()),
+                cat.fx(),
+                &mut SplitMix64(s),
+            );
             assert_eq!(names(&p)[0], "deepseek/deepseek-chat");
         }
     }
@@ -989,7 +1022,11 @@ mod tests {
         assert!(!p.explored);
         assert_eq!(
             names(&p),
-            vec!["deepseek/deepseek-chat", "openai/gpt-4o-mini", "openai/gpt-4o"]
+            vec![
+                "deepseek/deepseek-chat",
+                "openai/gpt-4o-mini",
+                "openai/gpt-4o"
+            ]
         );
         // 5 < 100: explore; then pick index 1 + (1 % 2) = 2 -> gpt-4o to the front.
         let p = plan(&cands, &small(), &o, cat.fx(), &mut Script(vec![5, 1]));
@@ -1015,7 +1052,12 @@ mod tests {
             }
             let est = estimate(e, 3000, 700, at).unwrap();
             let max = crate::pricing::estimate_max_cost(e, 3000, 700, at).unwrap();
-            assert!(est.amount.nanos <= max.amount.nanos, "{}/{}", e.provider, e.id);
+            assert!(
+                est.amount.nanos <= max.amount.nanos,
+                "{}/{}",
+                e.provider,
+                e.id
+            );
         }
     }
 }

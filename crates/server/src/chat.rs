@@ -325,7 +325,12 @@ fn backoff(retry: &crate::config::Retry, n: usize) -> std::time::Duration {
     std::time::Duration::from_millis(half + jitter)
 }
 
-fn attempt_json(r: &Resolved, outcome: &str, error: &GatewayError, latency_ms: u128) -> serde_json::Value {
+fn attempt_json(
+    r: &Resolved,
+    outcome: &str,
+    error: &GatewayError,
+    latency_ms: u128,
+) -> serde_json::Value {
     serde_json::json!({
         "provider": r.provider.cfg.id, "model": r.model, "outcome": outcome,
         "http_status": error.kind.http_status(),

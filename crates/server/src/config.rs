@@ -604,7 +604,10 @@ fn validate_routing(
         error_rate_percent: b.error_rate_percent.unwrap_or(d.error_rate_percent),
         min_requests: b.min_requests.unwrap_or(d.min_requests).max(1),
         window: b.window_secs.map(Duration::from_secs).unwrap_or(d.window),
-        cool_down: b.cool_down_secs.map(Duration::from_secs).unwrap_or(d.cool_down),
+        cool_down: b
+            .cool_down_secs
+            .map(Duration::from_secs)
+            .unwrap_or(d.cool_down),
         ewma_alpha: d.ewma_alpha,
     };
     if breaker.error_rate_percent == 0 || breaker.error_rate_percent > 100 {
@@ -614,7 +617,9 @@ fn validate_routing(
     for (name, v) in vms {
         let path = format!("virtual_models.{name}");
         if name.is_empty() || name.contains('/') {
-            return Err(format!("{path}: a virtual model name may not be empty or contain '/'"));
+            return Err(format!(
+                "{path}: a virtual model name may not be empty or contain '/'"
+            ));
         }
         for c in &v.candidates {
             if !c.contains('/') {
@@ -674,8 +679,14 @@ fn validate_routing(
         let dr = Retry::default();
         let retry = Retry {
             max_attempts: v.max_attempts.unwrap_or(dr.max_attempts).max(1),
-            deadline: v.deadline_ms.map(Duration::from_millis).unwrap_or(dr.deadline),
-            backoff: v.backoff_ms.map(Duration::from_millis).unwrap_or(dr.backoff),
+            deadline: v
+                .deadline_ms
+                .map(Duration::from_millis)
+                .unwrap_or(dr.deadline),
+            backoff: v
+                .backoff_ms
+                .map(Duration::from_millis)
+                .unwrap_or(dr.backoff),
             backoff_max: v
                 .backoff_max_ms
                 .map(Duration::from_millis)
@@ -831,9 +842,18 @@ mod tests {
         assert!(r.clock_override);
         for (bad, want) in [
             ("[virtual_models.x]\n", "give candidates"),
-            ("[virtual_models.x]\ncandidates=[\"a\"]\n", "must be provider/model"),
-            ("[virtual_models.x]\ncandidates=[\"a/b\"]\nstrategy=\"fast\"\n", "unknown strategy"),
-            ("[virtual_models.x]\nfilter={capability=\"fly\"}\n", "unknown capability"),
+            (
+                "[virtual_models.x]\ncandidates=[\"a\"]\n",
+                "must be provider/model",
+            ),
+            (
+                "[virtual_models.x]\ncandidates=[\"a/b\"]\nstrategy=\"fast\"\n",
+                "unknown strategy",
+            ),
+            (
+                "[virtual_models.x]\nfilter={capability=\"fly\"}\n",
+                "unknown capability",
+            ),
             ("[virtual_models.x]\ncandidates=[\"a/b\"]\nnope=1\n", "nope"),
         ] {
             let e = Config::from_toml(bad, env, Path::new(".")).unwrap_err();

@@ -372,11 +372,19 @@ impl Health {
         }
         let minute_tokens: u64 = u.minute_tokens.iter().map(|(_, n)| n).sum();
         let checks = [
-            (limits.rpm, u.minute_requests.len() as u64, "requests per minute"),
+            (
+                limits.rpm,
+                u.minute_requests.len() as u64,
+                "requests per minute",
+            ),
             (limits.rpd, u.day_requests, "requests today"),
             (limits.tpm, minute_tokens, "tokens per minute"),
             (limits.daily_tokens, u.day_tokens, "tokens today"),
-            (limits.quota_tokens, u.total_tokens, "tokens of the free quota"),
+            (
+                limits.quota_tokens,
+                u.total_tokens,
+                "tokens of the free quota",
+            ),
         ];
         checks.into_iter().find_map(|(limit, used, what)| {
             limit
@@ -597,18 +605,28 @@ mod tests {
             ..Default::default()
         };
         h.free_request(m, t1);
-        assert!(h.free_exhausted(m, &lim, t1).unwrap().contains("per minute"));
+        assert!(h
+            .free_exhausted(m, &lim, t1)
+            .unwrap()
+            .contains("per minute"));
         let t2 = t1 + chrono::Duration::seconds(61);
         assert!(h.free_exhausted(m, &lim, t2).is_none());
         h.free_tokens(m, 1000, t2);
-        assert!(h.free_exhausted(m, &lim, t2).unwrap().contains("free quota"));
+        assert!(h
+            .free_exhausted(m, &lim, t2)
+            .unwrap()
+            .contains("free quota"));
         h.free_throttled("x/y", t2 + chrono::Duration::seconds(10));
         assert!(h
             .free_exhausted("x/y", &FreeLimits::default(), t2)
             .unwrap()
             .contains("429"));
         assert!(h
-            .free_exhausted("x/y", &FreeLimits::default(), t2 + chrono::Duration::seconds(11))
+            .free_exhausted(
+                "x/y",
+                &FreeLimits::default(),
+                t2 + chrono::Duration::seconds(11)
+            )
             .is_none());
     }
 }

@@ -419,10 +419,13 @@ impl Ticket {
             items.push((id, amount_in(&self.state, &max.amount, cur, now)?, cur));
         }
         let reserve: Vec<(String, i128)> = items.iter().map(|(i, a, _)| (i.clone(), *a)).collect();
-        self.state.budgets.reserve(&reserve, now).map_err(|refusal| {
-            GatewayError::new(ErrorKind::InsufficientQuota, refusal.message)
-                .with_code("insufficient_quota")
-        })?;
+        self.state
+            .budgets
+            .reserve(&reserve, now)
+            .map_err(|refusal| {
+                GatewayError::new(ErrorKind::InsufficientQuota, refusal.message)
+                    .with_code("insufficient_quota")
+            })?;
         self.budgets = items;
         Ok(())
     }

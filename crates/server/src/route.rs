@@ -54,9 +54,8 @@ pub fn expand(state: &AppState, vm: &VirtualModel) -> Result<VirtualRoute, Strin
                     None => true,
                     Some(min) => e.quality.as_ref().is_some_and(|q| q.score >= *min),
                 };
-                let free_ok = !f.free
-                    || routing::free_by_price(e, Utc::now())
-                    || routing::has_free_quota(e);
+                let free_ok =
+                    !f.free || routing::free_by_price(e, Utc::now()) || routing::has_free_quota(e);
                 if caps_ok && quality_ok && free_ok {
                     let r = state
                         .resolve(&format!("{id}/{m}"))
@@ -75,7 +74,9 @@ pub fn expand(state: &AppState, vm: &VirtualModel) -> Result<VirtualRoute, Strin
     }
     for w in vm.weights.keys() {
         if !candidates.iter().any(|c| &c.name() == w) {
-            return Err(format!("{path}.weights: '{w}' is not one of its candidates"));
+            return Err(format!(
+                "{path}.weights: '{w}' is not one of its candidates"
+            ));
         }
     }
     Ok(VirtualRoute {
@@ -130,7 +131,10 @@ impl Controls {
                 c.now = Some(
                     DateTime::parse_from_rfc3339(v)
                         .map_err(|_| {
-                            GatewayError::invalid_param("x-tollgate-now", "x-tollgate-now must be RFC 3339")
+                            GatewayError::invalid_param(
+                                "x-tollgate-now",
+                                "x-tollgate-now must be RFC 3339",
+                            )
                         })?
                         .with_timezone(&Utc),
                 );
@@ -187,9 +191,7 @@ impl Route {
     /// `x-tollgate-route` for the candidate at `verdict`, on attempt `attempt`.
     pub fn header(&self, verdict: Option<usize>, attempt: usize) -> Option<String> {
         let plan = self.plan.as_ref()?;
-        plan.verdicts
-            .get(verdict?)
-            .map(|v| plan.header(v, attempt))
+        plan.verdicts.get(verdict?).map(|v| plan.header(v, attempt))
     }
 }
 
@@ -205,7 +207,8 @@ impl routing::RandomSource for ProcessRng {
         };
         let rng = g.get_or_insert_with(|| {
             routing::SplitMix64(
-                Utc::now().timestamp_nanos_opt().unwrap_or(0) as u64 ^ u64::from(std::process::id()),
+                Utc::now().timestamp_nanos_opt().unwrap_or(0) as u64
+                    ^ u64::from(std::process::id()),
             )
         });
         rng.next_u64()
