@@ -835,6 +835,33 @@ mod tests {
     }
 
     #[test]
+    fn shipped_quality_scores_drive_the_floor() {
+        let cat = catalog();
+        let cands = vec![
+            cand(&cat, "openai", "gpt-4o-mini"),
+            cand(&cat, "deepseek", "deepseek-chat"),
+            cand(&cat, "moonshot", "moonshot-v1-8k"),
+        ];
+        let q = |c: &Candidate<'_>| {
+            c.entry
+                .unwrap()
+                .quality
+                .as_ref()
+                .map(|q| q.score.to_string())
+        };
+        assert_eq!(q(&cands[0]).as_deref(), Some("1272"));
+        assert_eq!(q(&cands[1]).as_deref(), Some("1318"));
+        assert_eq!(q(&cands[2]), None);
+        let mut o = opts(Strategy::Cheapest, peak());
+        o.quality_floor = Some(Decimal::from_int(1300));
+        let p = plan(&cands, &small(), &o, cat.fx(), &mut SplitMix64(1));
+        assert_eq!(names(&p), vec!["deepseek/deepseek-chat"]);
+        assert!(p
+            .why_none()
+            .contains("moonshot/moonshot-v1-8k: no quality score (floor 1300)"));
+    }
+
+    #[test]
     fn circuit_open_is_dropped() {
         let cat = catalog();
         let mut cands = vec![
