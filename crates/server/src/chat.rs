@@ -23,6 +23,7 @@ use crate::error::ApiError;
 use crate::metering::{self, Outcome, Ticket};
 use crate::state::{AppState, Resolved};
 use crate::tokens;
+use crate::upstream::UpstreamBody;
 use crate::RequestId;
 
 /// Largest upstream body read for a non-stream answer.
@@ -135,6 +136,8 @@ fn upstream_err(r: &Resolved, e: &UpstreamError) -> GatewayError {
 struct Failure {
     error: GatewayError,
     billed: bool,
+    /// The vendor refused the credentials: a fetched token may have expired.
+    retry_with_new_token: bool,
 }
 
 impl Failure {
@@ -142,6 +145,7 @@ impl Failure {
         Failure {
             error,
             billed: false,
+            retry_with_new_token: false,
         }
     }
 }
@@ -150,87 +154,133 @@ impl Failure {
 enum Answer {
     Full(tollgate_core::ChatResponse),
     Stream {
-        body: hyper::body::Incoming,
+        body: UpstreamBody,
         decoder: Box<dyn StreamDecoder>,
         first: Vec<StreamEvent>,
         ended: bool,
     },
 }
 
-/// Encodes, sends, and reads the answer (or the stream's first events).
+/// One call, with a token refresh and a second try when a token-based vendor (ERNIE)
+/// says the token is invalid or expired.
 async fn call(
     state: &Arc<AppState>,
     req: &ChatRequest,
     r: &Resolved,
     dctx: &DecodeCtx,
 ) -> Result<Answer, Failure> {
+    let p = &r.provider;
+    let fail = |e: &UpstreamError| Failure::before_answer(upstream_err(r, e));
+    let creds = state
+        .tokens
+        .credentials(
+            &state.upstream,
+            &p.cfg.id,
+            &p.cfg.base_url,
+            p.codec.as_ref(),
+            &p.cfg.credentials,
+            false,
+        )
+        .await
+        .map_err(|e| fail(&e))?;
+    match call_once(state, req, r, dctx, &creds).await {
+        Err(f) if f.retry_with_new_token && creds.access_token.is_some() => {
+            let creds = state
+                .tokens
+                .credentials(
+                    &state.upstream,
+                    &p.cfg.id,
+                    &p.cfg.base_url,
+                    p.codec.as_ref(),
+                    &p.cfg.credentials,
+                    true,
+                )
+                .await
+                .map_err(|e| fail(&e))?;
+            call_once(state, req, r, dctx, &creds).await
+        }
+        other => other,
+    }
+}
+
+/// Encodes, sends, and reads the answer (or the stream's first events).
+async fn call_once(
+    state: &Arc<AppState>,
+    req: &ChatRequest,
+    r: &Resolved,
+    dctx: &DecodeCtx,
+    creds: &tollgate_providers::Credentials,
+) -> Result<Answer, Failure> {
     let stream = req.is_stream();
+    let codec = r.provider.codec.as_ref();
     let ctx = EncodeCtx {
         base_url: &r.provider.cfg.base_url,
         upstream_model: &r.upstream_model,
-        credentials: &r.provider.cfg.credentials,
+        credentials: creds,
         now: chrono::Utc::now(),
         stream,
     };
-    let outbound = r
-        .provider
-        .codec
-        .encode(req, &ctx)
-        .map_err(Failure::before_answer)?;
-    let http = match outbound {
-        Outbound::Http(h) => h,
-        Outbound::WebSocket(_) => {
-            return Err(Failure::before_answer(GatewayError::new(
-                ErrorKind::BadGateway,
-                "WebSocket upstreams are not supported by this build",
-            )))
-        }
+    let outbound = codec.encode(req, &ctx).map_err(Failure::before_answer)?;
+    let fail = |e: &UpstreamError| Failure {
+        error: upstream_err(r, e),
+        billed: false,
+        retry_with_new_token: e.kind == tollgate_core::UpstreamErrorKind::Auth,
     };
-    let fail = |e: &UpstreamError| Failure::before_answer(upstream_err(r, e));
-    let resp = state.upstream.send(&http).await.map_err(|e| fail(&e))?;
-    if resp.status >= 400 {
-        let body = state
-            .upstream
-            .read_all(resp.body, MAX_UPSTREAM_BODY)
-            .await
-            .unwrap_or_default();
-        let e = r
-            .provider
-            .codec
-            .decode_error(resp.status, &body, resp.retry_after);
-        return Err(fail(&e));
-    }
-    // From here the vendor has accepted the request and may bill it.
     let billed = |e: &UpstreamError| Failure {
         error: upstream_err(r, e),
         billed: true,
+        retry_with_new_token: false,
     };
-    if !stream {
-        let body = state
-            .upstream
-            .read_all(resp.body, MAX_UPSTREAM_BODY)
-            .await
-            .map_err(|e| billed(&e))?;
-        return match r.provider.codec.decode(resp.status, &body, dctx) {
-            Ok(out) => Ok(Answer::Full(out)),
-            // An error the vendor reports inside a 200 (ERNIE, Hunyuan) was not billed.
-            Err(e) if e.kind != tollgate_core::UpstreamErrorKind::Protocol => Err(fail(&e)),
-            Err(e) => Err(billed(&e)),
-        };
-    }
+    let (mut body, content_type) = match outbound {
+        Outbound::Http(http) => {
+            let resp = state.upstream.send(&http).await.map_err(|e| fail(&e))?;
+            if resp.status >= 400 {
+                let body = state
+                    .upstream
+                    .read_all(resp.body, MAX_UPSTREAM_BODY)
+                    .await
+                    .unwrap_or_default();
+                return Err(fail(&codec.decode_error(
+                    resp.status,
+                    &body,
+                    resp.retry_after,
+                )));
+            }
+            if !stream {
+                // From here the vendor has accepted the request and may bill it.
+                let body = state
+                    .upstream
+                    .read_all(resp.body, MAX_UPSTREAM_BODY)
+                    .await
+                    .map_err(|e| billed(&e))?;
+                return match codec.decode(resp.status, &body, dctx) {
+                    Ok(out) => Ok(Answer::Full(out)),
+                    // An error the vendor reports inside a 200 (ERNIE, Hunyuan) was not billed.
+                    Err(e) if e.kind != tollgate_core::UpstreamErrorKind::Protocol => Err(fail(&e)),
+                    Err(e) => Err(billed(&e)),
+                };
+            }
+            (UpstreamBody::Http(resp.body), resp.content_type)
+        }
+        // A WebSocket exchange always streams; a non-stream client gets it collected.
+        Outbound::WebSocket(ws) => (
+            state
+                .upstream
+                .websocket(&ws, codec)
+                .await
+                .map_err(|e| fail(&e))?,
+            None,
+        ),
+    };
     // Read until the decoder yields its first events, so that an error the vendor reports
     // before any content (including HTTP-200 errors) is still a proper HTTP error.
-    let mut decoder = r
-        .provider
-        .codec
-        .stream_decoder(dctx, resp.content_type.as_deref());
-    let mut body = resp.body;
+    let mut decoder = codec.stream_decoder(dctx, content_type.as_deref());
     let mut first = Vec::new();
     let mut ended = false;
     while first.is_empty() {
         match state
             .upstream
-            .next_chunk(&mut body)
+            .next(&mut body)
             .await
             .map_err(|e| billed(&e))?
         {
@@ -247,12 +297,37 @@ async fn call(
             "the upstream stream was empty",
         )));
     }
-    Ok(Answer::Stream {
-        body,
-        decoder,
-        first,
-        ended,
-    })
+    if stream {
+        return Ok(Answer::Stream {
+            body,
+            decoder,
+            first,
+            ended,
+        });
+    }
+    let mut agg = tollgate_providers::aggregate::Aggregator::new();
+    let mut events = first;
+    loop {
+        for ev in events.drain(..) {
+            agg.push(ev);
+        }
+        if ended || agg.is_done() {
+            break;
+        }
+        match state
+            .upstream
+            .next(&mut body)
+            .await
+            .map_err(|e| billed(&e))?
+        {
+            Some(bytes) => decoder.feed(&bytes, &mut events).map_err(|e| billed(&e))?,
+            None => {
+                decoder.finish(&mut events).map_err(|e| billed(&e))?;
+                ended = true;
+            }
+        }
+    }
+    agg.finish(dctx).map(Answer::Full).map_err(|e| billed(&e))
 }
 
 /// Calls the upstream, settles the ticket and builds the client's response.
@@ -417,7 +492,7 @@ impl Relay {
     async fn run(
         mut self,
         upstream: crate::upstream::Upstream,
-        mut body: hyper::body::Incoming,
+        mut body: UpstreamBody,
         mut decoder: Box<dyn StreamDecoder>,
         first: Vec<StreamEvent>,
         mut ended: bool,
@@ -441,7 +516,7 @@ impl Relay {
                     self.settle("client_disconnected", 499).await;
                     return;
                 }
-                n = upstream.next_chunk(&mut body) => n,
+                n = upstream.next(&mut body) => n,
             };
             match next {
                 Ok(Some(bytes)) => {

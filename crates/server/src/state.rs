@@ -15,7 +15,7 @@ use crate::budget::Budgets;
 use crate::config::{Config, ProviderConfig};
 use crate::ledger::LedgerWriter;
 use crate::limits::Limits;
-use crate::upstream::Upstream;
+use crate::upstream::{TokenCache, Upstream};
 
 /// A configured provider and its codec.
 pub struct Provider {
@@ -87,6 +87,8 @@ pub struct AppState {
     pub ledger_store: Arc<dyn LedgerStore>,
     pub ledger: LedgerWriter,
     pub upstream: Upstream,
+    /// Access tokens fetched for codecs that need them (ERNIE).
+    pub tokens: TokenCache,
     pub catalog: Arc<Catalog>,
     pub budgets: Budgets,
     pub limits: Limits,
@@ -179,6 +181,7 @@ impl AppState {
             ledger_store: stores.ledger,
             ledger,
             upstream,
+            tokens: TokenCache::default(),
             catalog,
             budgets: Budgets::new(),
             limits: Limits::new(),
