@@ -106,7 +106,10 @@ fn encode_body(req: &ChatRequest, stream: bool) -> Result<Value, GatewayError> {
     if let Some(p) = req.extra.get("penalty_score").and_then(Value::as_f64) {
         body.insert("penalty_score".into(), json!(p.clamp(1.0, 2.0)));
     } else if let Some(f) = req.frequency_penalty.filter(|f| *f > 0.0) {
-        body.insert("penalty_score".into(), json!((1.0 + f / 2.0).clamp(1.0, 2.0)));
+        body.insert(
+            "penalty_score".into(),
+            json!((1.0 + f / 2.0).clamp(1.0, 2.0)),
+        );
     }
     if let Some(m) = req.max_output_tokens() {
         body.insert("max_output_tokens".into(), json!(m.max(2)));
@@ -556,5 +559,249 @@ impl Codec for ErnieV2Codec {
         content_type: Option<&str>,
     ) -> Box<dyn StreamDecoder> {
         self.inner.stream_decoder(ctx, content_type)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::aggregate::aggregate;
+
+    fn dctx() -> DecodeCtx {
+        DecodeCtx {
+            request_id: "req-1".into(),
+            created: 7,
+            model: "ERNIE-Speed-8K".into(),
+        }
+    }
+
+    fn creds() -> Credentials {
+        Credentials {
+            api_key: Some(Secret::new("ak/1")),
+            secret_key: Some(Secret::new("sk+2")),
+            app_id: None,
+            access_token: Some(Secret::new("24.abc.2592000")),
+        }
+    }
+
+    #[test]
+    fn slugs() {
+        for (m, s) in [
+            ("ERNIE-4.0-8K", "completions_pro"),
+            ("ERNIE-3.5-8K", "completions"),
+            ("ERNIE-Speed-8K", "ernie_speed"),
+            ("ernie-speed-8k", "ernie_speed"),
+            ("ERNIE-Speed-128K", "ernie-speed-128k"),
+            ("ERNIE-Lite-8K", "ernie-lite-8k"),
+            ("ERNIE-Lite-8K-0308", "ernie-lite-8k"),
+            ("ERNIE-Tiny-8K", "ernie-tiny-8k"),
+            ("ERNIE-4.0-Turbo-8K", "ernie-4.0-turbo-8k"),
+        ] {
+            assert_eq!(endpoint_slug(m), s, "{m}");
+        }
+    }
+
+    #[test]
+    fn encodes_url_system_merged_turns_and_clamps() {
+        let c = creds();
+        let ctx = EncodeCtx {
+            base_url: "http://127.0.0.1:9/",
+            upstream_model: "ERNIE-Speed-8K",
+            credentials: &c,
+            now: chrono::DateTime::from_timestamp(1_700_000_000, 0).unwrap(),
+            stream: true,
+        };
+        let req: ChatRequest =
+            serde_json::from_value(json!({"model":"ernie/ERNIE-Speed-8K","messages":[
+            {"role":"system","content":"be brief"},
+            {"role":"assistant","content":"hello there"},
+            {"role":"user","content":"a"},{"role":"user","content":"b"},
+            {"role":"assistant","content":"c"},{"role":"assistant","content":"d"},
+            {"role":"user","content":"e"}],
+            "temperature":0,"top_p":1.5,"frequency_penalty":1.0,"presence_penalty":1.0,
+            "max_tokens":1,"stop":"x","user":"u1"}))
+            .unwrap();
+        let Outbound::Http(h) = ErnieCodec::new().encode(&req, &ctx).unwrap() else {
+            unreachable!()
+        };
+        assert_eq!(
+            h.url,
+            "http://127.0.0.1:9/rpc/2.0/ai_custom/v1/wenxinworkshop/chat/ernie_speed?access_token=24.abc.2592000"
+        );
+        let body: Value = serde_json::from_slice(&h.body).unwrap();
+        assert_eq!(
+            body,
+            json!({"messages":[{"role":"user","content":"a\n\nb"},{"role":"assistant","content":"c\n\nd"},{"role":"user","content":"e"}],
+                "stream":true,"system":"be brief","temperature":0.01,"top_p":1.0,"penalty_score":1.5,
+                "max_output_tokens":2,"stop":["x"],"user_id":"u1"})
+        );
+        let none = Credentials {
+            access_token: None,
+            ..creds()
+        };
+        assert!(ErnieCodec::new()
+            .encode(
+                &req,
+                &EncodeCtx {
+                    credentials: &none,
+                    ..ctx
+                }
+            )
+            .is_err());
+    }
+
+    #[test]
+    fn token_request_and_answers() {
+        let r = ErnieCodec::new()
+            .token_request("https://aip.baidubce.com", &creds())
+            .unwrap();
+        assert_eq!(r.method, "POST");
+        assert_eq!(
+            r.url,
+            "https://aip.baidubce.com/oauth/2.0/token?grant_type=client_credentials&client_id=ak%2F1&client_secret=sk%2B2"
+        );
+        let t = ErnieCodec::new()
+            .decode_token(200, br#"{"refresh_token":"25.x","expires_in":2592000,"session_key":"s","access_token":"24.tok","scope":"a","session_secret":"b"}"#)
+            .unwrap();
+        assert_eq!((t.token.expose(), t.expires_in_secs), ("24.tok", 2_592_000));
+        let e = ErnieCodec::new()
+            .decode_token(
+                401,
+                br#"{"error":"invalid_client","error_description":"unknown client id"}"#,
+            )
+            .unwrap_err();
+        assert_eq!(
+            (e.kind, e.message.as_str(), e.vendor_code.as_deref()),
+            (
+                UpstreamErrorKind::Auth,
+                "unknown client id",
+                Some("invalid_client")
+            )
+        );
+    }
+
+    #[test]
+    fn decodes_response_and_http_200_errors() {
+        let body = br#"{"id":"as-1","object":"chat.completion","created":5,"result":"Hi","is_truncated":true,"need_clear_history":false,"usage":{"prompt_tokens":3,"completion_tokens":5,"total_tokens":8}}"#;
+        let r = ErnieCodec::new().decode(200, body, &dctx()).unwrap();
+        assert_eq!(
+            serde_json::to_value(&r).unwrap(),
+            json!({"id":"as-1","object":"chat.completion","created":5,"model":"ERNIE-Speed-8K",
+                "choices":[{"index":0,"message":{"role":"assistant","content":"Hi"},"finish_reason":"length","logprobs":null}],
+                "usage":{"prompt_tokens":3,"completion_tokens":5,"total_tokens":8,
+                    "prompt_tokens_details":{"cached_tokens":0},"completion_tokens_details":{"reasoning_tokens":0}}})
+        );
+        let fc = br#"{"id":"as-2","created":5,"result":"","function_call":{"name":"f","arguments":"{\"a\":1}","thoughts":"t"},"usage":{"prompt_tokens":3,"completion_tokens":5,"total_tokens":8}}"#;
+        let r = ErnieCodec::new().decode(200, fc, &dctx()).unwrap();
+        assert_eq!(r.choices[0].finish_reason.as_deref(), Some("tool_calls"));
+        assert_eq!(r.choices[0].message.content, None);
+        assert_eq!(
+            r.choices[0].message.tool_calls.as_ref().unwrap()[0]
+                .function
+                .arguments,
+            "{\"a\":1}"
+        );
+        for (code, kind) in [
+            (110, UpstreamErrorKind::Auth),
+            (111, UpstreamErrorKind::Auth),
+            (17, UpstreamErrorKind::RateLimited),
+            (18, UpstreamErrorKind::RateLimited),
+            (336501, UpstreamErrorKind::RateLimited),
+            (336502, UpstreamErrorKind::RateLimited),
+            (336100, UpstreamErrorKind::Overloaded),
+            (336003, UpstreamErrorKind::BadRequest),
+            (336006, UpstreamErrorKind::BadRequest),
+            (6, UpstreamErrorKind::PermissionDenied),
+            (336000, UpstreamErrorKind::Server),
+        ] {
+            let b = format!(r#"{{"error_code":{code},"error_msg":"m"}}"#);
+            let e = ErnieCodec::new()
+                .decode(200, b.as_bytes(), &dctx())
+                .unwrap_err();
+            assert_eq!(
+                (e.kind, e.status, e.vendor_code),
+                (kind, None, Some(code.to_string())),
+                "{code}"
+            );
+        }
+    }
+
+    const STREAM: &str = concat!(
+        "data: {\"id\":\"as-9\",\"object\":\"chat.completion\",\"created\":5,\"sentence_id\":0,\"is_end\":false,\"is_truncated\":false,\"result\":\"你好\",\"need_clear_history\":false,\"usage\":{\"prompt_tokens\":3,\"completion_tokens\":0,\"total_tokens\":3}}\n\n",
+        "data: {\"id\":\"as-9\",\"object\":\"chat.completion\",\"created\":5,\"sentence_id\":1,\"is_end\":true,\"is_truncated\":false,\"result\":\"！\",\"need_clear_history\":false,\"usage\":{\"prompt_tokens\":3,\"total_tokens\":9}}\n\n",
+    );
+
+    fn stream(input: &str, piece: usize, ct: &str) -> Result<Vec<StreamEvent>, UpstreamError> {
+        let mut d = ErnieCodec::new().stream_decoder(&dctx(), Some(ct));
+        let mut out = Vec::new();
+        for c in input.as_bytes().chunks(piece) {
+            d.feed(c, &mut out)?;
+        }
+        d.finish(&mut out)?;
+        Ok(out)
+    }
+
+    #[test]
+    fn stream_in_every_split() {
+        for piece in 1..STREAM.len() {
+            let ev = stream(STREAM, piece, "text/event-stream").unwrap();
+            assert_eq!(ev.last(), Some(&StreamEvent::Done), "piece {piece}");
+            let r = aggregate(ev, &dctx()).unwrap();
+            assert_eq!(r.id, "as-9");
+            assert_eq!(r.choices[0].message.content.as_deref(), Some("你好！"));
+            assert_eq!(r.choices[0].finish_reason.as_deref(), Some("stop"));
+            let u = r.usage.unwrap();
+            assert_eq!((u.prompt_tokens, u.completion_tokens), (3, 6));
+        }
+        let cut = &STREAM[..STREAM.rfind("data:").unwrap()];
+        assert!(!stream(cut, 7, "text/event-stream")
+            .unwrap()
+            .contains(&StreamEvent::Done));
+    }
+
+    #[test]
+    fn json_error_instead_of_a_stream() {
+        let j = r#"{"error_code":111,"error_msg":"Access token expired"}"#;
+        for ct in ["application/json", "text/event-stream", "text/plain"] {
+            for piece in [1, 4, 1000] {
+                let e = stream(j, piece, ct).unwrap_err();
+                assert_eq!(
+                    (e.kind, e.vendor_code.as_deref()),
+                    (UpstreamErrorKind::Auth, Some("111")),
+                    "{ct} {piece}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn v2_lowercases_the_model() {
+        let c = Credentials {
+            api_key: Some(Secret::new("bce-v3/ALTAK-x/y")),
+            ..Default::default()
+        };
+        let ctx = EncodeCtx {
+            base_url: OPENAI_BASE_URL,
+            upstream_model: "ERNIE-4.0-8K",
+            credentials: &c,
+            now: chrono::DateTime::from_timestamp(1_700_000_000, 0).unwrap(),
+            stream: false,
+        };
+        let req: ChatRequest = serde_json::from_value(
+            json!({"model":"m","messages":[{"role":"user","content":"hi"}]}),
+        )
+        .unwrap();
+        let Outbound::Http(h) = ErnieV2Codec::default().encode(&req, &ctx).unwrap() else {
+            unreachable!()
+        };
+        assert_eq!(h.url, "https://qianfan.baidubce.com/v2/chat/completions");
+        let body: Value = serde_json::from_slice(&h.body).unwrap();
+        assert_eq!(body["model"], "ernie-4.0-8k");
+        let e = ErnieV2Codec::default().decode_error(
+            401,
+            br#"{"error":{"code":"invalid_iam_token","message":"IAM Certification failed","type":"invalid_request_error"}}"#,
+            None,
+        );
+        assert_eq!(e.kind, UpstreamErrorKind::Auth);
     }
 }

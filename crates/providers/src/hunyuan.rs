@@ -66,7 +66,10 @@ pub fn canonical_request(headers: &[(&str, &str)], body: &[u8]) -> String {
         .iter()
         .map(|(k, v)| format!("{}:{}\n", k.to_ascii_lowercase(), v.trim()))
         .collect();
-    let signed: Vec<String> = headers.iter().map(|(k, _)| k.to_ascii_lowercase()).collect();
+    let signed: Vec<String> = headers
+        .iter()
+        .map(|(k, _)| k.to_ascii_lowercase())
+        .collect();
     format!(
         "POST\n/\n\n{canonical_headers}\n{}\n{}",
         signed.join(";"),
@@ -143,7 +146,9 @@ fn wire_content(m: &Message, msg: &mut Map<String, Value>) {
             let contents: Vec<Value> = parts
                 .iter()
                 .filter_map(|p| match p.kind.as_str() {
-                    "text" => Some(json!({"Type":"text","Text": p.text.clone().unwrap_or_default()})),
+                    "text" => {
+                        Some(json!({"Type":"text","Text": p.text.clone().unwrap_or_default()}))
+                    }
                     "image_url" => p
                         .image_url
                         .as_ref()
@@ -491,7 +496,10 @@ pub fn decode_hunyuan_error(status: u16, body: &[u8], retry_after: Option<u64>) 
         return e;
     }
     if let Some(code) = v["ErrorMsg"]["Code"].as_i64() {
-        return stream_error(code, v["ErrorMsg"]["Msg"].as_str().unwrap_or("stream error"));
+        return stream_error(
+            code,
+            v["ErrorMsg"]["Msg"].as_str().unwrap_or("stream error"),
+        );
     }
     let msg = if body.is_empty() {
         format!("HTTP {status} with an empty body")
@@ -767,5 +775,271 @@ impl StreamDecoder for HunyuanStream {
             out.push(StreamEvent::Done);
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::aggregate::aggregate;
+    use crate::codec::Credentials;
+    use tollgate_core::Secret;
+
+    fn dctx() -> DecodeCtx {
+        DecodeCtx {
+            request_id: "req-1".into(),
+            created: 7,
+            model: "hunyuan-lite".into(),
+        }
+    }
+
+    #[test]
+    fn official_cvm_vector_from_kdate_on() {
+        let body = br#"{"Limit": 1, "Filters": [{"Values": ["\u672a\u547d\u540d"], "Name": "instance-name"}]}"#;
+        assert_eq!(
+            sha256_hex(body),
+            "35e9c5b0e3ae67532d3c9f17ead6c90222632e5b1ff7f6e89887f1398934f064"
+        );
+        let creq = canonical_request(
+            &[
+                ("content-type", "application/json; charset=utf-8"),
+                ("host", "cvm.tencentcloudapi.com"),
+                ("x-tc-action", "describeinstances"),
+            ],
+            body,
+        );
+        assert_eq!(
+            sha256_hex(creq.as_bytes()),
+            "7019a55be8395899b900fb5564e4200d984910f34794a27cb3fb7d10ff6a1e84"
+        );
+        assert_eq!(tc3_date(1551113065), "2019-02-25");
+        let k_date =
+            hex::decode("da98fb70dcf6b112dc21038d1eeeb3a95c74b4dcb12c1131f864f6066bd02be0")
+                .unwrap();
+        let k_service = hmac(&k_date, b"cvm");
+        assert_eq!(
+            hex::encode(&k_service),
+            "8d70cbefb03939f929db64d32dc2ba89b1095620119fe3e050e2b18c5bd2752f"
+        );
+        let k_signing = signing_key_from_date(&k_date, "cvm");
+        assert_eq!(
+            hex::encode(&k_signing),
+            "b596b923aad85185e2d1f6659d2a062e0a86731226e021e61bfe06f7ed05f5af"
+        );
+        assert_eq!(
+            signature(&k_signing, &string_to_sign(1551113065, "cvm", &creq)),
+            "10b1a37a7301a02ca19a647ad722d5e43b4b3cff309d421d85b46093f6ab6c4f"
+        );
+    }
+
+    #[test]
+    fn hunyuan_vector_both_header_sets() {
+        let body = br#"{"Model":"hunyuan-lite","Messages":[{"Role":"user","Content":"hi"}],"Stream":false}"#;
+        assert_eq!(
+            sha256_hex(body),
+            "c371332eb9f59f25b54b547b7e22c0729884f1924477e3ab60706930918936c5"
+        );
+        let host = "hunyuan.tencentcloudapi.com";
+        let key = signing_key("secretkeyEXAMPLE", "2023-11-14", SERVICE);
+        let two = canonical_request(&[("content-type", CONTENT_TYPE), ("host", host)], body);
+        assert_eq!(
+            sha256_hex(two.as_bytes()),
+            "ac399ae4c55ba2092befd98a9fc3be6d17ab30fff47d00958057939ac6d0f598"
+        );
+        assert_eq!(
+            signature(&key, &string_to_sign(1_700_000_000, SERVICE, &two)),
+            "ff2ff872a9e3b5905db92921280b7f9940b6bc73124c56c1c1e3af3e5c87b7b3"
+        );
+        let three = canonical_request(
+            &[
+                ("content-type", CONTENT_TYPE),
+                ("host", host),
+                ("x-tc-action", "chatcompletions"),
+            ],
+            body,
+        );
+        assert_eq!(
+            sha256_hex(three.as_bytes()),
+            "9942add5d3d2484393f8cf16a110b9b1890ac9fd3dc42f9ee1ef7bbe941182a3"
+        );
+        assert_eq!(
+            signature(&key, &string_to_sign(1_700_000_000, SERVICE, &three)),
+            "d4beeb1d088b762bec505fd713b14452c158c884aab9e2c2a62ab1c0e498680d"
+        );
+        assert_eq!(
+            authorization("AKIDEXAMPLE", "secretkeyEXAMPLE", host, body, 1_700_000_000),
+            "TC3-HMAC-SHA256 Credential=AKIDEXAMPLE/2023-11-14/hunyuan/tc3_request, SignedHeaders=content-type;host, Signature=ff2ff872a9e3b5905db92921280b7f9940b6bc73124c56c1c1e3af3e5c87b7b3"
+        );
+    }
+
+    #[test]
+    fn encodes_pascal_case_alternating_and_signed() {
+        let creds = Credentials {
+            api_key: Some(Secret::new("AKIDEXAMPLE")),
+            secret_key: Some(Secret::new("secretkeyEXAMPLE")),
+            ..Default::default()
+        };
+        let ctx = EncodeCtx {
+            base_url: "http://127.0.0.1:8123",
+            upstream_model: "hunyuan-turbo",
+            credentials: &creds,
+            now: chrono::DateTime::from_timestamp(1_700_000_000, 0).unwrap(),
+            stream: true,
+        };
+        let req: ChatRequest = serde_json::from_value(json!({"model":"m","messages":[
+            {"role":"assistant","content":"dropped"},
+            {"role":"system","content":"sys"},
+            {"role":"user","content":"a"},{"role":"user","content":"b"},
+            {"role":"assistant","content":null,"tool_calls":[{"id":"c1","type":"function","function":{"name":"f","arguments":"{}"}}]},
+            {"role":"tool","tool_call_id":"c1","content":"42"}],
+            "temperature":2.5,"top_p":0.5,"seed":0,"stop":"x","max_tokens":10,
+            "tools":[{"type":"function","function":{"name":"f","description":"d","parameters":{"type":"object"}}}],
+            "tool_choice":{"type":"function","function":{"name":"f"}}}))
+        .unwrap();
+        let Outbound::Http(h) = HunyuanCodec::new().encode(&req, &ctx).unwrap() else {
+            unreachable!()
+        };
+        assert_eq!(h.url, "http://127.0.0.1:8123/");
+        let body: Value = serde_json::from_slice(&h.body).unwrap();
+        let tool = json!({"Type":"function","Function":{"Name":"f","Description":"d","Parameters":"{\"type\":\"object\"}"}});
+        assert_eq!(
+            body,
+            json!({"Model":"hunyuan-turbo","Stream":true,"Temperature":2.0,"TopP":0.5,"Seed":1,"Stop":["x"],
+                "Messages":[{"Role":"system","Content":"sys"},{"Role":"user","Content":"a\n\nb"},
+                    {"Role":"assistant","Content":"","ToolCalls":[{"Id":"c1","Type":"function","Function":{"Name":"f","Arguments":"{}"}}]},
+                    {"Role":"tool","Content":"42","ToolCallId":"c1"}],
+                "Tools":[tool.clone()],"ToolChoice":"custom","CustomTool":tool})
+        );
+        let header = |k: &str| {
+            h.headers
+                .iter()
+                .find(|(n, _)| n == k)
+                .map(|(_, v)| v.as_str())
+                .unwrap()
+        };
+        assert_eq!(header("x-tc-action"), "ChatCompletions");
+        assert_eq!(header("x-tc-version"), "2023-09-01");
+        assert_eq!(header("x-tc-timestamp"), "1700000000");
+        assert_eq!(header("host"), "127.0.0.1:8123");
+        assert_eq!(
+            header("authorization"),
+            authorization(
+                "AKIDEXAMPLE",
+                "secretkeyEXAMPLE",
+                "127.0.0.1:8123",
+                &h.body,
+                1_700_000_000
+            )
+        );
+    }
+
+    #[test]
+    fn decodes_response_tool_calls_and_errors() {
+        let body = r#"{"Response":{"Id":"e465","Created":1710902312,"Note":"以上内容为AI生成","Choices":[{"Index":0,"FinishReason":"tool_calls","Message":{"Role":"assistant","Content":"","ToolCalls":[{"Id":"call_x","Type":"function","Index":0,"Function":{"Name":"f","Arguments":"{}"}}]}}],"Usage":{"PromptTokens":3,"CompletionTokens":14,"TotalTokens":17},"RequestId":"r"}}"#;
+        let r = HunyuanCodec::new()
+            .decode(200, body.as_bytes(), &dctx())
+            .unwrap();
+        assert_eq!(
+            serde_json::to_value(&r).unwrap(),
+            json!({"id":"e465","object":"chat.completion","created":1710902312,"model":"hunyuan-lite",
+                "choices":[{"index":0,"finish_reason":"tool_calls","logprobs":null,"message":{"role":"assistant","content":null,
+                    "tool_calls":[{"id":"call_x","type":"function","function":{"name":"f","arguments":"{}"}}]}}],
+                "usage":{"prompt_tokens":3,"completion_tokens":14,"total_tokens":17,
+                    "prompt_tokens_details":{"cached_tokens":0},"completion_tokens_details":{"reasoning_tokens":0}}})
+        );
+        let err = br#"{"Response":{"Error":{"Code":"AuthFailure.SignatureFailure","Message":"The provided credentials could not be validated."},"RequestId":"188c"}}"#;
+        let e = HunyuanCodec::new().decode(200, err, &dctx()).unwrap_err();
+        assert_eq!(
+            (e.kind, e.vendor_code.as_deref(), e.status),
+            (
+                UpstreamErrorKind::Auth,
+                Some("AuthFailure.SignatureFailure"),
+                None
+            )
+        );
+        for (code, kind) in [
+            ("RequestLimitExceeded", UpstreamErrorKind::RateLimited),
+            ("LimitExceeded.Concurrency", UpstreamErrorKind::RateLimited),
+            ("InvalidParameter", UpstreamErrorKind::BadRequest),
+            ("InvalidParameterValue.Model", UpstreamErrorKind::BadRequest),
+            ("MissingParameter", UpstreamErrorKind::BadRequest),
+            ("ResourceNotFound.Model", UpstreamErrorKind::NotFound),
+            (
+                "FailedOperation.ServiceNotActivated",
+                UpstreamErrorKind::PermissionDenied,
+            ),
+            (
+                "FailedOperation.ServiceStopArrears",
+                UpstreamErrorKind::QuotaExhausted,
+            ),
+            (
+                "FailedOperation.EngineServerError",
+                UpstreamErrorKind::Overloaded,
+            ),
+            ("FailedOperation.Unknown", UpstreamErrorKind::Server),
+            ("InternalError", UpstreamErrorKind::Server),
+            ("UnauthorizedOperation", UpstreamErrorKind::PermissionDenied),
+            ("OperationDenied", UpstreamErrorKind::PermissionDenied),
+            ("RequestSizeLimitExceeded", UpstreamErrorKind::BadRequest),
+        ] {
+            assert_eq!(error_kind(code), kind, "{code}");
+        }
+    }
+
+    fn stream(input: &str, piece: usize, ct: &str) -> Result<Vec<StreamEvent>, UpstreamError> {
+        let mut d = HunyuanCodec::new().stream_decoder(&dctx(), Some(ct));
+        let mut out = Vec::new();
+        for c in input.as_bytes().chunks(piece) {
+            d.feed(c, &mut out)?;
+        }
+        d.finish(&mut out)?;
+        Ok(out)
+    }
+
+    const STREAM: &str = concat!(
+        "data: {\"Note\":\"n\",\"Choices\":[{\"Delta\":{\"Role\":\"assistant\",\"Content\":\"你\"},\"FinishReason\":\"\"}],\"Created\":5,\"Id\":\"h1\",\"Usage\":{\"PromptTokens\":3,\"CompletionTokens\":1,\"TotalTokens\":4}}\n\n",
+        "data: {\"Note\":\"n\",\"Choices\":[{\"Delta\":{\"Role\":\"assistant\",\"Content\":\"好\"},\"FinishReason\":\"\"}],\"Created\":5,\"Id\":\"h1\",\"Usage\":{\"PromptTokens\":3,\"CompletionTokens\":2,\"TotalTokens\":5}}\n\n",
+        "data: {\"Note\":\"n\",\"Choices\":[{\"Delta\":{\"Role\":\"assistant\",\"Content\":\"\"},\"FinishReason\":\"stop\"}],\"Created\":5,\"Id\":\"h1\",\"Usage\":{\"PromptTokens\":3,\"CompletionTokens\":2,\"TotalTokens\":5}}\n\n",
+    );
+
+    #[test]
+    fn stream_in_every_split() {
+        for piece in 1..STREAM.len() {
+            let ev = stream(STREAM, piece, "text/event-stream").unwrap();
+            assert_eq!(ev.last(), Some(&StreamEvent::Done), "piece {piece}");
+            let r = aggregate(ev, &dctx()).unwrap();
+            assert_eq!(r.id, "h1");
+            assert_eq!(r.choices[0].message.content.as_deref(), Some("你好"));
+            assert_eq!(r.choices[0].finish_reason.as_deref(), Some("stop"));
+            let u = r.usage.unwrap();
+            assert_eq!((u.prompt_tokens, u.completion_tokens), (3, 2));
+        }
+        // Cut before the final event: no Done.
+        let cut = &STREAM[..STREAM.rfind("data:").unwrap()];
+        assert!(!stream(cut, 9, "text/event-stream")
+            .unwrap()
+            .contains(&StreamEvent::Done));
+    }
+
+    #[test]
+    fn stream_errors_sensitive_and_json_answers() {
+        let s = "data: {\"Choices\":[{\"Delta\":{\"Role\":\"assistant\",\"Content\":\"\"},\"FinishReason\":\"sensitive\"}],\"Usage\":{\"PromptTokens\":3,\"CompletionTokens\":0,\"TotalTokens\":3}}\n\n";
+        let r = aggregate(stream(s, 4, "text/event-stream").unwrap(), &dctx()).unwrap();
+        assert_eq!(
+            r.choices[0].finish_reason.as_deref(),
+            Some("content_filter")
+        );
+        let s = "data: {\"Choices\":[],\"ErrorMsg\":{\"Code\":4001,\"Msg\":\"model timeout\"}}\n\n";
+        assert_eq!(
+            stream(s, 3, "text/event-stream").unwrap_err().kind,
+            UpstreamErrorKind::Timeout
+        );
+        let j = r#"{"Response":{"Error":{"Code":"RequestLimitExceeded","Message":"slow down"},"RequestId":"x"}}"#;
+        for ct in ["application/json", "text/event-stream"] {
+            for piece in [1, 5, 1000] {
+                let e = stream(j, piece, ct).unwrap_err();
+                assert_eq!(e.kind, UpstreamErrorKind::RateLimited, "{ct} {piece}");
+            }
+        }
     }
 }

@@ -45,9 +45,7 @@ pub fn codec_for(kind: ProviderKind, mode: Mode) -> Result<Arc<dyn Codec>, Strin
         (ProviderKind::Spark, Mode::OpenAi) => {
             Ok(Arc::new(crate::spark::SparkHttpCodec::default()))
         }
-        (ProviderKind::Hunyuan, Mode::Native) => {
-            Ok(Arc::new(crate::hunyuan::HunyuanCodec::new()))
-        }
+        (ProviderKind::Hunyuan, Mode::Native) => Ok(Arc::new(crate::hunyuan::HunyuanCodec::new())),
         (ProviderKind::Hunyuan, Mode::OpenAi) => Ok(openai(Flavor::Compatible)),
         (other, _) => Err(format!(
             "provider kind '{other}' has no codec in this build yet"

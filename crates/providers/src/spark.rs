@@ -418,9 +418,8 @@ impl StreamDecoder for SparkStream {
         if !calls.is_empty() {
             delta.tool_calls = Some(calls);
         }
-        let finish = (status == 2).then(|| {
-            if self.calls > 0 { "tool_calls" } else { "stop" }.to_owned()
-        });
+        let finish =
+            (status == 2).then(|| if self.calls > 0 { "tool_calls" } else { "stop" }.to_owned());
         if delta != Delta::default() || finish.is_some() {
             out.push(StreamEvent::Chunk(ChatChunk::single(
                 &id,
@@ -609,5 +608,258 @@ impl StreamDecoder for SparkHttpStream {
             out.push(StreamEvent::Done);
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::codec::Credentials;
+    use tollgate_core::Secret;
+
+    fn dctx() -> DecodeCtx {
+        DecodeCtx {
+            request_id: "req-1".into(),
+            created: 7,
+            model: "generalv3.5".into(),
+        }
+    }
+
+    #[test]
+    fn signs_the_official_worked_example_byte_for_byte() {
+        let now = chrono::DateTime::parse_from_rfc3339("2023-05-05T10:43:39Z")
+            .unwrap()
+            .with_timezone(&chrono::Utc);
+        let date = http_date(now);
+        assert_eq!(date, "Fri, 05 May 2023 10:43:39 GMT");
+        let sig = signature(
+            "MjlmNzkzNmZkMDQ2OTc0ZDdmNGE2ZTZi",
+            "spark-api.xf-yun.com",
+            &date,
+            "/v1.1/chat",
+        );
+        assert_eq!(sig, "z5gHdu3pxVV4ADMyk467wOWDQ9q6BQzR3nfMTjc/DaQ=");
+        assert_eq!(
+            authorization("addd2272b6d8b7c8abdd79531420ca3b", &sig),
+            "YXBpX2tleT0iYWRkZDIyNzJiNmQ4YjdjOGFiZGQ3OTUzMTQyMGNhM2IiLCBhbGdvcml0aG09ImhtYWMtc2hhMjU2IiwgaGVhZGVycz0iaG9zdCBkYXRlIHJlcXVlc3QtbGluZSIsIHNpZ25hdHVyZT0iejVnSGR1M3B4VlY0QURNeWs0Njd3T1dEUTlxNkJRelIzbmZNVGpjL0RhUT0i"
+        );
+        let url = signed_url(
+            "wss://spark-api.xf-yun.com",
+            "/v1.1/chat",
+            "addd2272b6d8b7c8abdd79531420ca3b",
+            "MjlmNzkzNmZkMDQ2OTc0ZDdmNGE2ZTZi",
+            now,
+        )
+        .unwrap();
+        let (base, query) = url.split_once('?').unwrap();
+        assert_eq!(base, "wss://spark-api.xf-yun.com/v1.1/chat");
+        assert_eq!(
+            urlenc::query_param(query, "date").as_deref(),
+            Some("Fri, 05 May 2023 10:43:39 GMT")
+        );
+        assert_eq!(
+            urlenc::query_param(query, "host").as_deref(),
+            Some("spark-api.xf-yun.com")
+        );
+        assert_eq!(
+            urlenc::query_param(query, "authorization").unwrap(),
+            authorization("addd2272b6d8b7c8abdd79531420ca3b", &sig)
+        );
+    }
+
+    #[test]
+    fn encodes_the_frame_and_signs_host_with_port() {
+        let creds = Credentials {
+            api_key: Some(Secret::new("k")),
+            secret_key: Some(Secret::new("s")),
+            app_id: Some("app1".into()),
+            access_token: None,
+        };
+        let ctx = EncodeCtx {
+            base_url: "ws://127.0.0.1:9999",
+            upstream_model: "spark-max",
+            credentials: &creds,
+            now: chrono::DateTime::from_timestamp(1_700_000_000, 0).unwrap(),
+            stream: true,
+        };
+        let req: ChatRequest = serde_json::from_value(json!({"model":"spark/spark-max","messages":[
+            {"role":"user","content":"hi"},{"role":"system","content":"be brief"},{"role":"user","content":"again"}],
+            "temperature":0,"max_tokens":100000,"top_k":9,"user":"u1",
+            "tools":[{"type":"function","function":{"name":"f","parameters":{"type":"object"}}}]}))
+        .unwrap();
+        let Outbound::WebSocket(ws) = SparkCodec::new().encode(&req, &ctx).unwrap() else {
+            unreachable!()
+        };
+        let (base, query) = ws.url.split_once('?').unwrap();
+        assert_eq!(base, "ws://127.0.0.1:9999/v3.5/chat");
+        let date = http_date(ctx.now);
+        assert_eq!(
+            urlenc::query_param(query, "authorization").unwrap(),
+            authorization("k", &signature("s", "127.0.0.1:9999", &date, "/v3.5/chat"))
+        );
+        let frame: Value = serde_json::from_str(&ws.frame).unwrap();
+        assert_eq!(
+            frame,
+            json!({"header":{"app_id":"app1","uid":"u1"},
+                "parameter":{"chat":{"domain":"generalv3.5","temperature":0.01,"max_tokens":8192,"top_k":6}},
+                "payload":{"message":{"text":[{"role":"system","content":"be brief"},{"role":"user","content":"hi\n\nagain"}]},
+                    "functions":{"text":[{"name":"f","description":"","parameters":{"type":"object"}}]}}})
+        );
+        let bad = EncodeCtx {
+            upstream_model: "gpt-4",
+            ..ctx
+        };
+        assert_eq!(
+            SparkCodec::new()
+                .encode(&req, &bad)
+                .unwrap_err()
+                .param
+                .as_deref(),
+            Some("model")
+        );
+    }
+
+    fn run(frames: &[&str]) -> Result<Vec<StreamEvent>, UpstreamError> {
+        let mut d = SparkCodec::new().stream_decoder(&dctx(), None);
+        let mut out = Vec::new();
+        for f in frames {
+            d.feed(f.as_bytes(), &mut out)?;
+        }
+        d.finish(&mut out)?;
+        Ok(out)
+    }
+
+    #[test]
+    fn decodes_frames_usage_and_end() {
+        let frames = [
+            r#"{"header":{"code":0,"message":"Success","sid":"cht01","status":0},"payload":{"choices":{"status":0,"seq":0,"text":[{"content":"Hel","role":"assistant","index":0}]}}}"#,
+            r#"{"header":{"code":0,"message":"Success","sid":"cht01","status":1},"payload":{"choices":{"status":1,"seq":1,"text":[{"content":"lo","role":"assistant","index":0}]}}}"#,
+            r#"{"header":{"code":0,"message":"Success","sid":"cht01","status":2},"payload":{"choices":{"status":2,"seq":2,"text":[{"content":"!","role":"assistant","index":0}]},"usage":{"text":{"question_tokens":4,"prompt_tokens":5,"completion_tokens":9,"total_tokens":14}}}}"#,
+        ];
+        let ev = run(&frames).unwrap();
+        assert_eq!(ev.last(), Some(&StreamEvent::Done));
+        let r = aggregate(ev, &dctx()).unwrap();
+        assert_eq!(
+            serde_json::to_value(&r).unwrap(),
+            json!({"id":"cht01","object":"chat.completion","created":7,"model":"generalv3.5",
+                "choices":[{"index":0,"message":{"role":"assistant","content":"Hello!"},"finish_reason":"stop","logprobs":null}],
+                "usage":{"prompt_tokens":5,"completion_tokens":9,"total_tokens":14,
+                    "prompt_tokens_details":{"cached_tokens":0},"completion_tokens_details":{"reasoning_tokens":0}}})
+        );
+        // Without the status-2 frame the stream is cut.
+        let ev = run(&frames[..2]).unwrap();
+        assert!(!ev.contains(&StreamEvent::Done));
+        // The whole exchange at once.
+        let r2 = SparkCodec::new()
+            .decode(200, frames.join("\n").as_bytes(), &dctx())
+            .unwrap();
+        assert_eq!(r2, r);
+    }
+
+    #[test]
+    fn function_call_becomes_a_tool_call() {
+        let frames = [
+            r#"{"header":{"code":0,"message":"Success","sid":"s","status":2},"payload":{"choices":{"status":2,"seq":0,"text":[{"content":"","role":"assistant","index":0,"content_type":"text","function_call":{"arguments":"{\"city\":\"Hefei\"}","name":"weather"}}]},"usage":{"text":{"prompt_tokens":50,"completion_tokens":10,"total_tokens":60}}}}"#,
+        ];
+        let r = aggregate(run(&frames).unwrap(), &dctx()).unwrap();
+        let c = &r.choices[0];
+        assert_eq!(c.finish_reason.as_deref(), Some("tool_calls"));
+        let calls = c.message.tool_calls.as_ref().unwrap();
+        assert_eq!(calls[0].id, "call_req-1_0");
+        assert_eq!(calls[0].function.name, "weather");
+        assert_eq!(calls[0].function.arguments, "{\"city\":\"Hefei\"}");
+    }
+
+    #[test]
+    fn error_frames_and_handshake_failures_are_classified() {
+        let e = run(&[r#"{"header":{"code":10013,"message":"input content audit failed","sid":"s","status":2}}"#]).unwrap_err();
+        assert_eq!(
+            (e.kind, e.vendor_code.as_deref()),
+            (UpstreamErrorKind::ContentFilter, Some("10013"))
+        );
+        let e = run(&[r#"{"header":{"code":11202,"message":"qps limit","sid":"s"}}"#]).unwrap_err();
+        assert_eq!(e.kind, UpstreamErrorKind::RateLimited);
+        let e = run(&["not json"]).unwrap_err();
+        assert_eq!(e.kind, UpstreamErrorKind::Protocol);
+        for (code, kind) in [
+            (10907, UpstreamErrorKind::BadRequest),
+            (11500, UpstreamErrorKind::Auth),
+            (10016, UpstreamErrorKind::PermissionDenied),
+            (10008, UpstreamErrorKind::Overloaded),
+            (11200, UpstreamErrorKind::QuotaExhausted),
+            (10010, UpstreamErrorKind::Server),
+        ] {
+            assert_eq!(error_kind(code), kind, "{code}");
+        }
+        let e = SparkCodec::new().decode_error(
+            401,
+            br#"{"message":"HMAC signature does not match"}"#,
+            None,
+        );
+        assert_eq!(
+            (e.kind, e.status, e.message.as_str()),
+            (
+                UpstreamErrorKind::Auth,
+                Some(401),
+                "HMAC signature does not match"
+            )
+        );
+    }
+
+    #[test]
+    fn http_endpoint_codes_and_stream_end() {
+        let c = SparkHttpCodec::default();
+        let body = br#"{"code":0,"message":"Success","sid":"cha000","choices":[{"message":{"role":"assistant","content":"hi"},"index":0}],"usage":{"prompt_tokens":6,"completion_tokens":42,"total_tokens":48}}"#;
+        let r = c.decode(200, body, &dctx()).unwrap();
+        assert_eq!(r.id, "cha000");
+        assert_eq!(r.choices[0].message.content.as_deref(), Some("hi"));
+        assert_eq!(r.usage.unwrap().completion_tokens, 42);
+        let e = c
+            .decode(
+                200,
+                br#"{"code":10013,"message":"audit failed","sid":"x"}"#,
+                &dctx(),
+            )
+            .unwrap_err();
+        assert_eq!(e.kind, UpstreamErrorKind::ContentFilter);
+        let e = c.decode_error(
+            401,
+            br#"{"error":{"message":"invalid user","type":"api_error","param":null,"code":null}}"#,
+            None,
+        );
+        assert_eq!(e.kind, UpstreamErrorKind::Auth);
+
+        let input = "data:{\"code\":0,\"message\":\"Success\",\"sid\":\"s\",\"id\":\"s\",\"created\":1,\"choices\":[{\"delta\":{\"role\":\"assistant\",\"content\":\"你好\"},\"index\":0}]}\n\ndata:{\"code\":0,\"message\":\"Success\",\"sid\":\"s\",\"id\":\"s\",\"created\":1,\"choices\":[{\"delta\":{\"role\":\"assistant\",\"content\":\"\"},\"index\":0,\"finish_reason\":\"stop\"}],\"usage\":{\"prompt_tokens\":1,\"completion_tokens\":2,\"total_tokens\":3}}\n\n";
+        for with_done in [false, true] {
+            let full = if with_done {
+                format!("{input}data:[DONE]\n\n")
+            } else {
+                input.to_owned()
+            };
+            for piece in 1..full.len() {
+                let mut d = c.stream_decoder(&dctx(), Some("text/event-stream"));
+                let mut out = Vec::new();
+                for ch in full.as_bytes().chunks(piece) {
+                    d.feed(ch, &mut out).unwrap();
+                }
+                d.finish(&mut out).unwrap();
+                assert_eq!(
+                    out.iter().filter(|e| **e == StreamEvent::Done).count(),
+                    1,
+                    "piece {piece}"
+                );
+                let r = aggregate(out, &dctx()).unwrap();
+                assert_eq!(r.choices[0].message.content.as_deref(), Some("你好"));
+            }
+        }
+        let mut d = c.stream_decoder(&dctx(), None);
+        let mut out = Vec::new();
+        let e = d
+            .feed(
+                b"data:{\"code\":10014,\"message\":\"output audit failed\",\"sid\":\"s\"}\n\n",
+                &mut out,
+            )
+            .unwrap_err();
+        assert_eq!(e.kind, UpstreamErrorKind::ContentFilter);
     }
 }

@@ -59,6 +59,9 @@ mod tests {
         let s = "Fri, 05 May 2023 10:43:39 GMT a+b/c=";
         assert_eq!(decode(&encode(s)), s);
         assert_eq!(decode("a+b%2Cc%zz%4"), "a b,c%zz%4");
-        assert_eq!(query_param("x=1&date=a%20b", "date").as_deref(), Some("a b"));
+        assert_eq!(
+            query_param("x=1&date=a%20b", "date").as_deref(),
+            Some("a b")
+        );
     }
 }
