@@ -59,12 +59,18 @@ pub fn tc3_date(timestamp: i64) -> String {
         .unwrap_or_default()
 }
 
-/// The canonical request of a POST to `/` with the given signed headers (lower-case
-/// names, in order, with their values) and body.
+/// The canonical request of a POST to `/` with the given signed headers (in order, with
+/// their values) and body. Names and values are lower-cased and trimmed, as TC3 says.
 pub fn canonical_request(headers: &[(&str, &str)], body: &[u8]) -> String {
     let canonical_headers: String = headers
         .iter()
-        .map(|(k, v)| format!("{}:{}\n", k.to_ascii_lowercase(), v.trim()))
+        .map(|(k, v)| {
+            format!(
+                "{}:{}\n",
+                k.to_ascii_lowercase(),
+                v.trim().to_ascii_lowercase()
+            )
+        })
         .collect();
     let signed: Vec<String> = headers
         .iter()
@@ -804,7 +810,7 @@ mod tests {
             &[
                 ("content-type", "application/json; charset=utf-8"),
                 ("host", "cvm.tencentcloudapi.com"),
-                ("x-tc-action", "describeinstances"),
+                ("X-TC-Action", "DescribeInstances"),
             ],
             body,
         );

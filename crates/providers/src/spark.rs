@@ -267,8 +267,8 @@ pub fn error_kind(code: i64) -> UpstreamErrorKind {
         11200 => K::QuotaExhausted,
         11201..=11203 | 10007 => K::RateLimited,
         10008 | 10110 => K::Overloaded,
-        10003..=10005 | 10163 | 10907 | 11501 => K::BadRequest,
-        11500 => K::Auth,
+        10003..=10005 | 10163 | 10404 | 10907 | 11501 => K::BadRequest,
+        11500 | 10313 => K::Auth,
         10015 | 10016 => K::PermissionDenied,
         _ => K::Server,
     }
