@@ -56,6 +56,17 @@ fn demo_provider(e: EmulatorKind) -> DemoProvider {
             ProviderKind::Mistral,
             &["mistral-small-latest", "mistral-large-latest"],
         ),
+        EmulatorKind::Qianfan => p(
+            "ernie",
+            ProviderKind::Ernie,
+            &["ERNIE-Speed-8K", "ERNIE-4.0-8K"],
+        ),
+        EmulatorKind::Spark => p("spark", ProviderKind::Spark, &["lite", "generalv3.5"]),
+        EmulatorKind::Hunyuan => p(
+            "hunyuan",
+            ProviderKind::Hunyuan,
+            &["hunyuan-lite", "hunyuan-turbo"],
+        ),
     }
 }
 
