@@ -151,8 +151,7 @@ pub async fn chat(state: &EmuState, style: Style, headers: &HeaderMap, body: &By
             .as_ref()
             .map(|(n, a)| 3 + text::count_tokens(n) + text::count_tokens(a))
             .unwrap_or(0);
-    let usage =
-        json!({"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion});
+    let usage = json!({"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion});
     let finish = if call.is_some() { "tool_calls" } else { "stop" };
     let id = format!("chatcmpl-{}-{prompt}", style.vendor());
     let created = chrono::Utc::now().timestamp();
@@ -202,7 +201,11 @@ pub async fn chat(state: &EmuState, style: Style, headers: &HeaderMap, body: &By
         c
     };
     let mut events = vec![chunk(json!({"role": "assistant", "content": ""}), None)];
-    for piece in content.as_deref().map(text::split_chunks).unwrap_or_default() {
+    for piece in content
+        .as_deref()
+        .map(text::split_chunks)
+        .unwrap_or_default()
+    {
         events.push(chunk(json!({"content": piece}), None));
     }
     if let Some(tc) = &tool_calls {

@@ -23,8 +23,7 @@ use tollgate_providers::hunyuan::{
 };
 
 use crate::common::{
-    apply_latency, control_routes, json_response, stream_response, EmuState, EmulatorOptions,
-    Piece,
+    apply_latency, control_routes, json_response, stream_response, EmuState, EmulatorOptions, Piece,
 };
 use crate::compat::{self, Style};
 use crate::text;
@@ -72,6 +71,8 @@ fn header<'a>(h: &'a HeaderMap, name: &str) -> &'a str {
 }
 
 /// Verifies the TC3 signature; `Err` is the error answer.
+// The error is the HTTP answer itself, built once per rejected request.
+#[allow(clippy::result_large_err)]
 fn verify(opts: &EmulatorOptions, h: &HeaderMap, body: &[u8]) -> Result<(), Response> {
     let auth = header(h, "authorization");
     let Some(rest) = auth.strip_prefix("TC3-HMAC-SHA256 ") else {
@@ -278,7 +279,9 @@ async fn action(State(s): State<Arc<EmuState>>, headers: HeaderMap, body: Bytes)
                 "text/event-stream",
                 None,
                 None,
-                vec![Piece::Bytes(Bytes::from_static(b"data: {\"Choices\":[\n\n"))],
+                vec![Piece::Bytes(Bytes::from_static(
+                    b"data: {\"Choices\":[\n\n",
+                ))],
             );
         }
         return json_response(
@@ -405,11 +408,7 @@ impl Answer {
     fn stream_pieces(&self, disconnect_after: Option<u32>, error_after: Option<u32>) -> Vec<Piece> {
         let mut events = Vec::new();
         for (i, p) in self.pieces.iter().enumerate() {
-            events.push(self.event(
-                json!({"Role": "assistant", "Content": p}),
-                "",
-                i + 1,
-            ));
+            events.push(self.event(json!({"Role": "assistant", "Content": p}), "", i + 1));
         }
         let mut last = json!({"Role": "assistant", "Content": ""});
         if let Some(tc) = self.tool_calls() {
@@ -441,13 +440,28 @@ mod tests {
     #[test]
     fn alternation_rules() {
         let m = |v: Value| v.as_array().cloned().unwrap_or_default();
-        assert!(check_messages(&m(json!([{"Role":"system","Content":"s"},{"Role":"user","Content":"a"}]))).is_ok());
+        assert!(check_messages(&m(
+            json!([{"Role":"system","Content":"s"},{"Role":"user","Content":"a"}])
+        ))
+        .is_ok());
         assert!(check_messages(&m(json!([{"Role":"user","Content":"a"},{"Role":"assistant","ToolCalls":[{"Id":"c"}],"Content":""},
             {"Role":"tool","Content":"1","ToolCallId":"c"},{"Role":"tool","Content":"2","ToolCallId":"d"}]))).is_ok());
-        assert!(check_messages(&m(json!([{"Role":"user","Content":"a"},{"Role":"user","Content":"b"}]))).is_err());
-        assert!(check_messages(&m(json!([{"Role":"assistant","Content":"a"},{"Role":"user","Content":"b"}]))).is_err());
-        assert!(check_messages(&m(json!([{"Role":"user","Content":"a"},{"Role":"assistant","Content":"b"}]))).is_err());
-        assert!(check_messages(&m(json!([{"Role":"user","Content":"a"},{"Role":"system","Content":"b"}]))).is_err());
+        assert!(check_messages(&m(
+            json!([{"Role":"user","Content":"a"},{"Role":"user","Content":"b"}])
+        ))
+        .is_err());
+        assert!(check_messages(&m(
+            json!([{"Role":"assistant","Content":"a"},{"Role":"user","Content":"b"}])
+        ))
+        .is_err());
+        assert!(check_messages(&m(
+            json!([{"Role":"user","Content":"a"},{"Role":"assistant","Content":"b"}])
+        ))
+        .is_err());
+        assert!(check_messages(&m(
+            json!([{"Role":"user","Content":"a"},{"Role":"system","Content":"b"}])
+        ))
+        .is_err());
         assert!(check_messages(&m(json!([{"Role":"user","Content":""}]))).is_err());
     }
 }

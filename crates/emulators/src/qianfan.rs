@@ -23,8 +23,7 @@ use serde_json::{json, Value};
 use tollgate_providers::urlenc::query_param;
 
 use crate::common::{
-    apply_latency, control_routes, json_response, stream_response, EmuState, EmulatorOptions,
-    Piece,
+    apply_latency, control_routes, json_response, stream_response, EmuState, EmulatorOptions, Piece,
 };
 use crate::compat::{self, Style};
 use crate::text;
@@ -119,7 +118,10 @@ async fn token(State(emu): State<Arc<Emu>>, RawQuery(q): RawQuery) -> Response {
     let ttl = emu.ttl.load(Ordering::Relaxed);
     let n = emu.issued.fetch_add(1, Ordering::Relaxed) + 1;
     let now = chrono::Utc::now().timestamp();
-    let tok = format!("24.{:032x}.{ttl}.{now}.{n}-emulator", u128::from(n) * 0x9e37_79b9);
+    let tok = format!(
+        "24.{:032x}.{ttl}.{now}.{n}-emulator",
+        u128::from(n) * 0x9e37_79b9
+    );
     if let Ok(mut t) = emu.tokens.lock() {
         t.insert(tok.clone(), now + ttl as i64);
     }
@@ -164,7 +166,7 @@ fn check_messages(messages: &[Value]) -> Result<(), &'static str> {
     if messages.is_empty() {
         return Err("the messages must not be empty");
     }
-    if messages.len() % 2 == 0 {
+    if messages.len().is_multiple_of(2) {
         return Err("the length of messages must be an odd number");
     }
     for (i, m) in messages.iter().enumerate() {
@@ -197,11 +199,7 @@ async fn chat(
         Err(r) => return r,
     };
     let token = query_param(&q.unwrap_or_default(), "access_token").unwrap_or_default();
-    let expiry = emu
-        .tokens
-        .lock()
-        .ok()
-        .and_then(|t| t.get(&token).copied());
+    let expiry = emu.tokens.lock().ok().and_then(|t| t.get(&token).copied());
     match expiry {
         None => return ernie_error(110, "Access token invalid or no longer valid"),
         Some(exp) if exp < chrono::Utc::now().timestamp() => {
@@ -298,9 +296,7 @@ impl Answer {
         }
         let prompt_tokens = text::prompt_tokens(texts.iter().copied());
         let last = messages.last();
-        let last_user = last
-            .and_then(|m| m["content"].as_str())
-            .unwrap_or_default();
+        let last_user = last.and_then(|m| m["content"].as_str()).unwrap_or_default();
         let function_call = req["functions"]
             .as_array()
             .and_then(|f| f.first())
@@ -359,7 +355,8 @@ impl Answer {
             "finish_reason": if self.truncated { "length" } else { "normal" },
             "usage": self.usage(self.pieces.len())});
         if let Some((n, a)) = &self.function_call {
-            b["function_call"] = json!({"name": n, "arguments": a, "thoughts": "I should call a function."});
+            b["function_call"] =
+                json!({"name": n, "arguments": a, "thoughts": "I should call a function."});
             b["finish_reason"] = json!("function_call");
         }
         b

@@ -99,6 +99,8 @@ fn parse_auth_line(line: &str) -> Option<AuthLine> {
 }
 
 /// Checks the signed URL; `Err` is the plain HTTP answer Spark's gateway gives.
+// The error is the HTTP answer itself, built once per rejected request.
+#[allow(clippy::result_large_err)]
 fn verify(
     opts: &EmulatorOptions,
     uri: &Uri,
@@ -108,7 +110,12 @@ fn verify(
     let unauthorized = || refuse(StatusCode::UNAUTHORIZED, "Unauthorized");
     let auth = query_param(query, "authorization").ok_or_else(unauthorized)?;
     let date = query_param(query, "date").ok_or_else(unauthorized)?;
-    let cannot = || refuse(StatusCode::UNAUTHORIZED, "HMAC signature cannot be verified");
+    let cannot = || {
+        refuse(
+            StatusCode::UNAUTHORIZED,
+            "HMAC signature cannot be verified",
+        )
+    };
     let line = base64::engine::general_purpose::STANDARD
         .decode(auth.trim())
         .ok()
@@ -175,7 +182,10 @@ async fn ws_chat(
 }
 
 fn sid() -> String {
-    format!("cht000emu{:08x}", chrono::Utc::now().timestamp_subsec_nanos())
+    format!(
+        "cht000emu{:08x}",
+        chrono::Utc::now().timestamp_subsec_nanos()
+    )
 }
 
 fn error_frame(code: i64, message: &str, sid: &str) -> String {
@@ -285,7 +295,9 @@ fn answer(
         ));
     }
     let empty = Vec::new();
-    let messages = req["payload"]["message"]["text"].as_array().unwrap_or(&empty);
+    let messages = req["payload"]["message"]["text"]
+        .as_array()
+        .unwrap_or(&empty);
     if messages.is_empty() {
         return Err(error_frame(10004, "payload.message.text is empty", sid));
     }
@@ -300,9 +312,7 @@ fn answer(
         .map(text::count_tokens)
         .unwrap_or(0);
     let last = messages.last();
-    let last_user = last
-        .and_then(|m| m["content"].as_str())
-        .unwrap_or_default();
+    let last_user = last.and_then(|m| m["content"].as_str()).unwrap_or_default();
     let function = req["payload"]["functions"]["text"]
         .as_array()
         .and_then(|f| f.first())

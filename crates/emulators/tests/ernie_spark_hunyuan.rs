@@ -141,7 +141,9 @@ async fn ernie_token_chat_stream_expiry_and_errors() {
         stream: false,
     };
     let r = send(&http(codec.encode(&req, &ctx).unwrap()), &[]).await;
-    let resp = codec.decode(r.status, &r.body, &dctx("ERNIE-Speed-8K")).unwrap();
+    let resp = codec
+        .decode(r.status, &r.body, &dctx("ERNIE-Speed-8K"))
+        .unwrap();
     let text = resp.choices[0].message.content.clone().unwrap();
     assert!(text.contains("qianfan emulator (ernie_speed)"), "{text}");
     assert!(text.contains("hi\n\nthere"), "{text}");
@@ -156,7 +158,10 @@ async fn ernie_token_chat_stream_expiry_and_errors() {
     let ev = stream_events(codec.as_ref(), &r, "ERNIE-Speed-8K").unwrap();
     assert_eq!(ev.last(), Some(&StreamEvent::Done));
     let agg = aggregate(ev, &dctx("ERNIE-Speed-8K")).unwrap();
-    assert_eq!(agg.choices[0].message.content.as_deref(), Some(text.as_str()));
+    assert_eq!(
+        agg.choices[0].message.content.as_deref(),
+        Some(text.as_str())
+    );
     assert!(agg.usage.unwrap().total_tokens() > 0);
 
     // Rate limit (HTTP 200 + error_code 18), mid-stream error, malformed body.
@@ -186,8 +191,10 @@ async fn ernie_token_chat_stream_expiry_and_errors() {
     assert!(!ev.contains(&StreamEvent::Done));
 
     // Tools: the first function is called.
-    let treq = request(json!({"model":"m","messages":[{"role":"user","content":"weather?"}],
-        "tools":[{"type":"function","function":{"name":"weather","parameters":{"type":"object","properties":{"city":{"type":"string"}}}}}]}));
+    let treq = request(
+        json!({"model":"m","messages":[{"role":"user","content":"weather?"}],
+        "tools":[{"type":"function","function":{"name":"weather","parameters":{"type":"object","properties":{"city":{"type":"string"}}}}}]}),
+    );
     let r = send(&http(codec.encode(&treq, &ctx).unwrap()), &[]).await;
     let resp = codec.decode(r.status, &r.body, &dctx("m")).unwrap();
     assert_eq!(resp.choices[0].finish_reason.as_deref(), Some("tool_calls"));
@@ -211,16 +218,22 @@ async fn ernie_token_chat_stream_expiry_and_errors() {
     .await;
     assert_eq!(x.status, 204);
     let r = send(&http(codec.encode(&req, &sctx).unwrap()), &[]).await;
-    assert_eq!((r.status, r.content_type.as_str()), (200, "application/json"));
+    assert_eq!(
+        (r.status, r.content_type.as_str()),
+        (200, "application/json")
+    );
     let e = stream_events(codec.as_ref(), &r, "m").unwrap_err();
     assert_eq!(
         (e.kind, e.vendor_code.as_deref()),
         (UpstreamErrorKind::Auth, Some("111"))
     );
     // An unknown token: 110.
-    c.access_token = Some(Secret::new("24.bogus"));
+    let bogus = Credentials {
+        access_token: Some(Secret::new("24.bogus")),
+        ..creds()
+    };
     let ctx = EncodeCtx {
-        credentials: &c,
+        credentials: &bogus,
         ..ctx
     };
     let r = send(&http(codec.encode(&req, &ctx).unwrap()), &[]).await;
@@ -269,7 +282,9 @@ async fn hunyuan_signed_chat_stream_and_auth_failures() {
     };
     let r = send(&http(codec.encode(&req, &ctx).unwrap()), &[]).await;
     assert_eq!(r.content_type, "application/json");
-    let resp = codec.decode(r.status, &r.body, &dctx("hunyuan-lite")).unwrap();
+    let resp = codec
+        .decode(r.status, &r.body, &dctx("hunyuan-lite"))
+        .unwrap();
     let text = resp.choices[0].message.content.clone().unwrap();
     assert!(text.contains("hunyuan emulator (hunyuan-lite)"), "{text}");
     assert!(resp.usage.unwrap().completion_tokens > 0);
@@ -283,17 +298,18 @@ async fn hunyuan_signed_chat_stream_and_auth_failures() {
     let ev = stream_events(codec.as_ref(), &r, "hunyuan-lite").unwrap();
     assert_eq!(ev.last(), Some(&StreamEvent::Done));
     let agg = aggregate(ev, &dctx("hunyuan-lite")).unwrap();
-    assert_eq!(agg.choices[0].message.content.as_deref(), Some(text.as_str()));
+    assert_eq!(
+        agg.choices[0].message.content.as_deref(),
+        Some(text.as_str())
+    );
 
     // Tools.
-    let treq = request(json!({"model":"m","messages":[{"role":"user","content":"weather?"}],
-        "tools":[{"type":"function","function":{"name":"weather","parameters":{"type":"object","properties":{"city":{"type":"string"}}}}}]}));
+    let treq = request(
+        json!({"model":"m","messages":[{"role":"user","content":"weather?"}],
+        "tools":[{"type":"function","function":{"name":"weather","parameters":{"type":"object","properties":{"city":{"type":"string"}}}}}]}),
+    );
     let r = send(&http(codec.encode(&treq, &sctx).unwrap()), &[]).await;
-    let agg = aggregate(
-        stream_events(codec.as_ref(), &r, "m").unwrap(),
-        &dctx("m"),
-    )
-    .unwrap();
+    let agg = aggregate(stream_events(codec.as_ref(), &r, "m").unwrap(), &dctx("m")).unwrap();
     assert_eq!(agg.choices[0].finish_reason.as_deref(), Some("tool_calls"));
     assert_eq!(
         agg.choices[0].message.tool_calls.as_ref().unwrap()[0]
@@ -332,7 +348,10 @@ async fn hunyuan_signed_chat_stream_and_auth_failures() {
             ..sctx.clone()
         };
         let r = send(&http(codec.encode(&req, &bctx).unwrap()), &[]).await;
-        assert_eq!((r.status, r.content_type.as_str()), (200, "application/json"));
+        assert_eq!(
+            (r.status, r.content_type.as_str()),
+            (200, "application/json")
+        );
         let e = stream_events(codec.as_ref(), &r, "m").unwrap_err();
         assert_eq!(
             (e.kind, e.vendor_code.as_deref()),
@@ -346,7 +365,10 @@ async fn hunyuan_signed_chat_stream_and_auth_failures() {
     h.body.push(b' ');
     let r = send(&h, &[]).await;
     let e = codec.decode(r.status, &r.body, &dctx("m")).unwrap_err();
-    assert_eq!(e.vendor_code.as_deref(), Some("AuthFailure.SignatureFailure"));
+    assert_eq!(
+        e.vendor_code.as_deref(),
+        Some("AuthFailure.SignatureFailure")
+    );
 
     // Faults.
     let r = send(
@@ -362,7 +384,10 @@ async fn hunyuan_signed_chat_stream_and_auth_failures() {
     )
     .await;
     assert_eq!(
-        stream_events(codec.as_ref(), &r, "m").unwrap_err().vendor_code.as_deref(),
+        stream_events(codec.as_ref(), &r, "m")
+            .unwrap_err()
+            .vendor_code
+            .as_deref(),
         Some("4000")
     );
 }
@@ -437,13 +462,11 @@ async fn spark_signed_websocket_and_handshake_failures() {
     }
 
     // Tools.
-    let treq = request(json!({"model":"m","messages":[{"role":"user","content":"weather?"}],
-        "tools":[{"type":"function","function":{"name":"weather","parameters":{"type":"object","properties":{"city":{"type":"string"}}}}}]}));
-    let r = aggregate(
-        spark_exchange(&treq, &ctx, None).await.unwrap(),
-        &dctx("m"),
-    )
-    .unwrap();
+    let treq = request(
+        json!({"model":"m","messages":[{"role":"user","content":"weather?"}],
+        "tools":[{"type":"function","function":{"name":"weather","parameters":{"type":"object","properties":{"city":{"type":"string"}}}}}]}),
+    );
+    let r = aggregate(spark_exchange(&treq, &ctx, None).await.unwrap(), &dctx("m")).unwrap();
     assert_eq!(r.choices[0].finish_reason.as_deref(), Some("tool_calls"));
 
     // Wrong secret: 401 before the upgrade; stale date: 403; wrong app id: error frame.
@@ -497,14 +520,20 @@ async fn spark_signed_websocket_and_handshake_failures() {
     assert_eq!(e.kind, UpstreamErrorKind::Auth);
 
     // Faults as frames.
-    let e = spark_exchange(&req, &ctx, Some("rate_limit=1")).await.unwrap_err();
+    let e = spark_exchange(&req, &ctx, Some("rate_limit=1"))
+        .await
+        .unwrap_err();
     assert_eq!(
         (e.kind, e.vendor_code.as_deref()),
         (UpstreamErrorKind::RateLimited, Some("11202"))
     );
-    let e = spark_exchange(&req, &ctx, Some("status=503")).await.unwrap_err();
+    let e = spark_exchange(&req, &ctx, Some("status=503"))
+        .await
+        .unwrap_err();
     assert_eq!(e.kind, UpstreamErrorKind::Overloaded);
-    let e = spark_exchange(&req, &ctx, Some("malformed=1")).await.unwrap_err();
+    let e = spark_exchange(&req, &ctx, Some("malformed=1"))
+        .await
+        .unwrap_err();
     assert_eq!(e.kind, UpstreamErrorKind::Protocol);
     let ev = spark_exchange(&req, &ctx, Some("disconnect_after=2"))
         .await
@@ -557,7 +586,10 @@ async fn openai_compatible_endpoints() {
         let ev = stream_events(codec.as_ref(), &r, model).unwrap();
         assert_eq!(ev.last(), Some(&StreamEvent::Done), "{kind:?}");
         let agg = aggregate(ev, &dctx(model)).unwrap();
-        assert_eq!(agg.choices[0].message.content, resp.choices[0].message.content);
+        assert_eq!(
+            agg.choices[0].message.content,
+            resp.choices[0].message.content
+        );
         let bad = Credentials {
             api_key: Some(Secret::new("wrong")),
             ..creds()
