@@ -687,7 +687,7 @@ mod tests {
         assert_eq!(
             serde_json::to_value(&r).unwrap(),
             json!({"id":"as-1","object":"chat.completion","created":5,"model":"ERNIE-Speed-8K",
-                "choices":[{"index":0,"message":{"role":"assistant","content":"Hi"},"finish_reason":"length","logprobs":null}],
+                "choices":[{"index":0,"message":{"role":"assistant","content":"Hi","refusal":null},"finish_reason":"length","logprobs":null}],
                 "usage":{"prompt_tokens":3,"completion_tokens":5,"total_tokens":8,
                     "prompt_tokens_details":{"cached_tokens":0},"completion_tokens_details":{"reasoning_tokens":0}}})
         );
@@ -724,6 +724,16 @@ mod tests {
                 "{code}"
             );
         }
+    }
+
+    #[test]
+    fn moderation_flag_is_a_content_filter_finish() {
+        let body = br#"{"id":"as-3","created":5,"result":"I cannot answer that.","is_truncated":false,"need_clear_history":true,"ban_round":-1,"usage":{"prompt_tokens":3,"completion_tokens":5,"total_tokens":8}}"#;
+        let r = ErnieCodec::new().decode(200, body, &dctx()).unwrap();
+        assert_eq!(
+            r.choices[0].finish_reason.as_deref(),
+            Some("content_filter")
+        );
     }
 
     const STREAM: &str = concat!(

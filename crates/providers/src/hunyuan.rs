@@ -949,7 +949,7 @@ mod tests {
             serde_json::to_value(&r).unwrap(),
             json!({"id":"e465","object":"chat.completion","created":1710902312,"model":"hunyuan-lite",
                 "choices":[{"index":0,"finish_reason":"tool_calls","logprobs":null,"message":{"role":"assistant","content":null,
-                    "tool_calls":[{"id":"call_x","type":"function","function":{"name":"f","arguments":"{}"}}]}}],
+                    "tool_calls":[{"id":"call_x","type":"function","function":{"name":"f","arguments":"{}"}}],"refusal":null}}],
                 "usage":{"prompt_tokens":3,"completion_tokens":14,"total_tokens":17,
                     "prompt_tokens_details":{"cached_tokens":0},"completion_tokens_details":{"reasoning_tokens":0}}})
         );
