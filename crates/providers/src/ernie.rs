@@ -18,7 +18,7 @@ use serde::Deserialize;
 use serde_json::{json, Map, Value};
 use tollgate_core::chat::{
     ChatChunk, ChatRequest, ChatResponse, Choice, ChunkChoice, Delta, FunctionCall, FunctionDelta,
-    ResponseMessage, ToolCall, ToolCallDelta, Usage,
+    ResponseMessage, ToolCall, ToolCallDelta, ToolChoice, Usage,
 };
 use tollgate_core::sse::{SseEvent, SseParser};
 use tollgate_core::{GatewayError, Secret, UpstreamError, UpstreamErrorKind};
@@ -138,6 +138,12 @@ fn encode_body(req: &ChatRequest, stream: bool) -> Result<Value, GatewayError> {
             })
             .collect();
         body.insert("functions".into(), Value::Array(functions));
+        if let Some(ToolChoice::Named { function, .. }) = &req.tool_choice {
+            body.insert(
+                "tool_choice".into(),
+                json!({"type": "function", "function": {"name": function.name}}),
+            );
+        }
     }
     for key in ["disable_search", "enable_citation", "user_setting"] {
         if let Some(v) = req.extra.get(key) {
