@@ -42,6 +42,9 @@ fn demo_provider(e: EmulatorKind) -> DemoProvider {
         EmulatorKind::DeepSeek => p("deepseek", ProviderKind::DeepSeek),
         EmulatorKind::Moonshot => p("moonshot", ProviderKind::Moonshot),
         EmulatorKind::Mistral => p("mistral", ProviderKind::Mistral),
+        EmulatorKind::Qianfan => p("ernie", ProviderKind::Ernie),
+        EmulatorKind::Spark => p("spark", ProviderKind::Spark),
+        EmulatorKind::Hunyuan => p("hunyuan", ProviderKind::Hunyuan),
     }
 }
 

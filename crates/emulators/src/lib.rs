@@ -9,12 +9,20 @@
 //! - [`faults`]: the fault language.
 //! - [`text`]: deterministic answers, token counts, JSON from a schema.
 //! - [`openai`]: OpenAI and its dialects (DeepSeek, Moonshot, Mistral).
+//! - [`qianfan`]: Baidu Qianfan (OAuth token, legacy ERNIE chat, v2 compatible).
+//! - [`spark`]: iFlytek Spark (signed WebSocket API, HTTP compatible endpoint).
+//! - [`hunyuan`]: Tencent Hunyuan (TC3-signed `ChatCompletions`, compatible endpoint).
+//! - [`compat`]: the OpenAI-compatible endpoints of Qianfan, Spark and Hunyuan.
 //! - [`registry`]: emulator names (`tollgate emulate NAME`) to routers.
 
 pub mod common;
+pub mod compat;
 pub mod faults;
+pub mod hunyuan;
 pub mod openai;
+pub mod qianfan;
 pub mod registry;
+pub mod spark;
 pub mod text;
 
 pub use common::{serve, EmulatorOptions};

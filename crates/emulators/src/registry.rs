@@ -12,6 +12,9 @@ pub enum EmulatorKind {
     DeepSeek,
     Moonshot,
     Mistral,
+    Qianfan,
+    Spark,
+    Hunyuan,
 }
 
 impl EmulatorKind {
@@ -21,6 +24,9 @@ impl EmulatorKind {
         EmulatorKind::DeepSeek,
         EmulatorKind::Moonshot,
         EmulatorKind::Mistral,
+        EmulatorKind::Qianfan,
+        EmulatorKind::Spark,
+        EmulatorKind::Hunyuan,
     ];
 
     /// The name `tollgate emulate` takes.
@@ -30,6 +36,9 @@ impl EmulatorKind {
             EmulatorKind::DeepSeek => "deepseek",
             EmulatorKind::Moonshot => "moonshot",
             EmulatorKind::Mistral => "mistral",
+            EmulatorKind::Qianfan => "qianfan",
+            EmulatorKind::Spark => "spark",
+            EmulatorKind::Hunyuan => "hunyuan",
         }
     }
 
@@ -41,6 +50,7 @@ impl EmulatorKind {
             | EmulatorKind::DeepSeek
             | EmulatorKind::Moonshot
             | EmulatorKind::Mistral => "/v1",
+            EmulatorKind::Qianfan | EmulatorKind::Spark | EmulatorKind::Hunyuan => "",
         }
     }
 }
@@ -66,5 +76,8 @@ pub fn router_for(kind: EmulatorKind, opts: EmulatorOptions) -> Router {
         EmulatorKind::DeepSeek => openai::router(Dialect::DeepSeek, opts),
         EmulatorKind::Moonshot => openai::router(Dialect::Moonshot, opts),
         EmulatorKind::Mistral => openai::router(Dialect::Mistral, opts),
+        EmulatorKind::Qianfan => crate::qianfan::router(opts),
+        EmulatorKind::Spark => crate::spark::router(opts),
+        EmulatorKind::Hunyuan => crate::hunyuan::router(opts),
     }
 }

@@ -4,13 +4,23 @@
 //! # Layout
 //! - [`aggregate`]: stream events collected into one response.
 //! - [`codec`]: the contract ([`Codec`], [`StreamDecoder`], [`Outbound`]).
+//! - [`ernie`]: Baidu ERNIE on Qianfan (legacy OAuth-token API, v2 OpenAI-compatible).
+//! - [`hunyuan`]: Tencent Hunyuan (TC3-signed `ChatCompletions`, OpenAI-compatible).
 //! - [`openai`]: OpenAI and its dialects (DeepSeek, Moonshot, Mistral, any compatible server).
 //! - [`registry`]: which codec serves which provider kind and mode.
+//! - [`spark`]: iFlytek Spark (signed WebSocket API, HTTP OpenAI-compatible).
+//! - `turns`: merging messages into the alternating form ERNIE, Hunyuan and Spark demand.
+//! - [`urlenc`]: query-string percent-encoding for signed URLs.
 
 pub mod aggregate;
 pub mod codec;
+pub mod ernie;
+pub mod hunyuan;
 pub mod openai;
 pub mod registry;
+pub mod spark;
+mod turns;
+pub mod urlenc;
 
 pub use codec::{
     Codec, Credentials, DecodeCtx, EncodeCtx, FetchedToken, HttpRequest, Outbound, StreamDecoder,

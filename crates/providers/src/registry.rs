@@ -39,6 +39,14 @@ pub fn codec_for(kind: ProviderKind, mode: Mode) -> Result<Arc<dyn Codec>, Strin
         (ProviderKind::Moonshot, _) => Ok(openai(Flavor::Moonshot)),
         (ProviderKind::Mistral, _) => Ok(openai(Flavor::Mistral)),
         (ProviderKind::OpenAiCompatible, _) => Ok(openai(Flavor::Compatible)),
+        (ProviderKind::Ernie, Mode::Native) => Ok(Arc::new(crate::ernie::ErnieCodec::new())),
+        (ProviderKind::Ernie, Mode::OpenAi) => Ok(Arc::new(crate::ernie::ErnieV2Codec::default())),
+        (ProviderKind::Spark, Mode::Native) => Ok(Arc::new(crate::spark::SparkCodec::new())),
+        (ProviderKind::Spark, Mode::OpenAi) => {
+            Ok(Arc::new(crate::spark::SparkHttpCodec::default()))
+        }
+        (ProviderKind::Hunyuan, Mode::Native) => Ok(Arc::new(crate::hunyuan::HunyuanCodec::new())),
+        (ProviderKind::Hunyuan, Mode::OpenAi) => Ok(openai(Flavor::Compatible)),
         (other, _) => Err(format!(
             "provider kind '{other}' has no codec in this build yet"
         )),
