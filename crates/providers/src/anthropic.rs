@@ -60,10 +60,7 @@ fn bad(param: String, message: &str) -> GatewayError {
 }
 
 /// A content part (`text` or `image_url`) as an Anthropic block.
-fn part_block(
-    p: &tollgate_core::chat::ContentPart,
-    param: String,
-) -> Result<Value, GatewayError> {
+fn part_block(p: &tollgate_core::chat::ContentPart, param: String) -> Result<Value, GatewayError> {
     let mut block = match p.kind.as_str() {
         "text" => json!({"type": "text", "text": p.text.clone().unwrap_or_default()}),
         "image_url" => {
@@ -108,7 +105,10 @@ fn content_blocks(content: &Option<Content>, param: &str) -> Result<Vec<Value>, 
 /// Builds the Anthropic request body (without `stream`).
 fn encode_body(req: &ChatRequest, model: &str) -> Result<Value, GatewayError> {
     if req.n.is_some_and(|n| n > 1) {
-        return Err(bad("n".into(), "Anthropic returns one choice; 'n' must be 1"));
+        return Err(bad(
+            "n".into(),
+            "Anthropic returns one choice; 'n' must be 1",
+        ));
     }
     let mut system: Vec<Value> = Vec::new();
     let mut turns: Vec<Turn> = Vec::new();
@@ -793,7 +793,10 @@ mod tests {
             ..Default::default()
         };
         let req: ChatRequest = serde_json::from_value(req).unwrap();
-        match AnthropicCodec::new().encode(&req, &ectx(&creds, stream)).unwrap() {
+        match AnthropicCodec::new()
+            .encode(&req, &ectx(&creds, stream))
+            .unwrap()
+        {
             Outbound::Http(h) => {
                 let body = serde_json::from_slice(&h.body).unwrap();
                 (h, body)
@@ -827,7 +830,9 @@ mod tests {
             true,
         );
         assert_eq!(h.url, "http://127.0.0.1:9/v1/messages");
-        assert!(h.headers.contains(&("x-api-key".into(), "sk-ant-up".into())));
+        assert!(h
+            .headers
+            .contains(&("x-api-key".into(), "sk-ant-up".into())));
         assert!(h
             .headers
             .contains(&("anthropic-version".into(), "2023-06-01".into())));

@@ -286,7 +286,12 @@ fn encode_body(req: &ChatRequest) -> Result<Value, GatewayError> {
                 if let Some(desc) = &t.function.description {
                     d["description"] = json!(desc);
                 }
-                if let Some(p) = t.function.parameters.as_ref().filter(|p| !is_empty_object(p)) {
+                if let Some(p) = t
+                    .function
+                    .parameters
+                    .as_ref()
+                    .filter(|p| !is_empty_object(p))
+                {
                     d["parameters"] = gemini_schema(p);
                 }
                 d
@@ -305,10 +310,7 @@ fn encode_body(req: &ChatRequest) -> Result<Value, GatewayError> {
             }
         };
         if let Some(c) = config {
-            body.insert(
-                "toolConfig".into(),
-                json!({"functionCallingConfig": c}),
-            );
+            body.insert("toolConfig".into(), json!({"functionCallingConfig": c}));
         }
     }
     let mut gen = Map::new();
@@ -442,7 +444,9 @@ impl Codec for GeminiCodec {
             });
         }
         if choices.is_empty() {
-            return Err(UpstreamError::protocol("Gemini answered with no candidates"));
+            return Err(UpstreamError::protocol(
+                "Gemini answered with no candidates",
+            ));
         }
         Ok(ChatResponse {
             id: v["responseId"]
@@ -498,8 +502,9 @@ fn args_string(args: &Value) -> String {
 pub fn finish_reason(reason: Option<&str>, has_calls: bool) -> Option<&'static str> {
     Some(match reason? {
         "MAX_TOKENS" => "length",
-        "SAFETY" | "RECITATION" | "BLOCKLIST" | "PROHIBITED_CONTENT" | "SPII"
-        | "IMAGE_SAFETY" => "content_filter",
+        "SAFETY" | "RECITATION" | "BLOCKLIST" | "PROHIBITED_CONTENT" | "SPII" | "IMAGE_SAFETY" => {
+            "content_filter"
+        }
         "FINISH_REASON_UNSPECIFIED" => return None,
         _ if has_calls => "tool_calls",
         _ => "stop",
@@ -575,9 +580,7 @@ pub fn decode_gemini_error(
     let kind = match (rpc_status, reason.as_str()) {
         (_, "API_KEY_INVALID") | (_, "API_KEY_EXPIRED") | ("UNAUTHENTICATED", _) => K::Auth,
         ("PERMISSION_DENIED", _) => K::PermissionDenied,
-        ("INVALID_ARGUMENT", _) | ("FAILED_PRECONDITION", _) | ("OUT_OF_RANGE", _) => {
-            K::BadRequest
-        }
+        ("INVALID_ARGUMENT", _) | ("FAILED_PRECONDITION", _) | ("OUT_OF_RANGE", _) => K::BadRequest,
         ("NOT_FOUND", _) => K::NotFound,
         ("RESOURCE_EXHAUSTED", _) => K::RateLimited,
         ("UNAVAILABLE", _) => K::Overloaded,
@@ -917,7 +920,13 @@ mod tests {
         assert_eq!(finish_reason(Some("STOP"), false), Some("stop"));
         assert_eq!(finish_reason(Some("STOP"), true), Some("tool_calls"));
         assert_eq!(finish_reason(Some("MAX_TOKENS"), true), Some("length"));
-        for r in ["SAFETY", "RECITATION", "BLOCKLIST", "PROHIBITED_CONTENT", "SPII"] {
+        for r in [
+            "SAFETY",
+            "RECITATION",
+            "BLOCKLIST",
+            "PROHIBITED_CONTENT",
+            "SPII",
+        ] {
             assert_eq!(finish_reason(Some(r), false), Some("content_filter"));
         }
         assert_eq!(finish_reason(None, false), None);
@@ -930,7 +939,10 @@ mod tests {
         );
         let body = br#"{"candidates":[{"content":{"parts":[{"text":"Partial"}],"role":"model"},"finishReason":"SAFETY","index":0}]}"#;
         let r = GeminiCodec::new().decode(200, body, &dctx()).unwrap();
-        assert_eq!(r.choices[0].finish_reason.as_deref(), Some("content_filter"));
+        assert_eq!(
+            r.choices[0].finish_reason.as_deref(),
+            Some("content_filter")
+        );
     }
 
     #[test]
@@ -961,14 +973,19 @@ mod tests {
         );
         let cases: &[(u16, &str, UpstreamErrorKind)] = &[
             (400, "INVALID_ARGUMENT", UpstreamErrorKind::BadRequest),
-            (403, "PERMISSION_DENIED", UpstreamErrorKind::PermissionDenied),
+            (
+                403,
+                "PERMISSION_DENIED",
+                UpstreamErrorKind::PermissionDenied,
+            ),
             (404, "NOT_FOUND", UpstreamErrorKind::NotFound),
             (500, "INTERNAL", UpstreamErrorKind::Server),
             (503, "UNAVAILABLE", UpstreamErrorKind::Overloaded),
             (504, "DEADLINE_EXCEEDED", UpstreamErrorKind::Timeout),
         ];
         for (status, rpc, kind) in cases {
-            let body = format!(r#"[{{"error":{{"code":{status},"message":"m","status":"{rpc}"}}}}]"#);
+            let body =
+                format!(r#"[{{"error":{{"code":{status},"message":"m","status":"{rpc}"}}}}]"#);
             let e = c.decode_error(*status, body.as_bytes(), None);
             assert_eq!(e.kind, *kind, "{rpc}");
             assert_eq!(e.vendor_code.as_deref(), Some(*rpc));

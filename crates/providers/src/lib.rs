@@ -3,12 +3,21 @@
 //!
 //! # Layout
 //! - [`aggregate`]: stream events collected into one response.
+//! - [`anthropic`]: Anthropic's Messages API, upstream.
+//! - [`anthropic_inbound`]: Anthropic's Messages API, inbound: pure translation between
+//!   Anthropic requests/responses/streams and the canonical form, for `/v1/messages`.
 //! - [`codec`]: the contract ([`Codec`], [`StreamDecoder`], [`Outbound`]).
+//! - [`gemini`]: Google Gemini's `generateContent` API.
+//! - [`media`]: image references (`data:` URLs).
 //! - [`openai`]: OpenAI and its dialects (DeepSeek, Moonshot, Mistral, any compatible server).
 //! - [`registry`]: which codec serves which provider kind and mode.
 
 pub mod aggregate;
+pub mod anthropic;
+pub mod anthropic_inbound;
 pub mod codec;
+pub mod gemini;
+pub mod media;
 pub mod openai;
 pub mod registry;
 

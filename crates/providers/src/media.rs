@@ -17,7 +17,11 @@ pub fn parse_data_url(url: &str) -> Option<(&str, &str)> {
 
 /// The image media type an URL's extension suggests (`image/jpeg` when unknown).
 pub fn guess_image_type(url: &str) -> &'static str {
-    let path = url.split(['?', '#']).next().unwrap_or(url).to_ascii_lowercase();
+    let path = url
+        .split(['?', '#'])
+        .next()
+        .unwrap_or(url)
+        .to_ascii_lowercase();
     if path.ends_with(".png") {
         "image/png"
     } else if path.ends_with(".gif") {
