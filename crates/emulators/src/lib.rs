@@ -4,17 +4,23 @@
 //! takes the same injectable [`faults`].
 //!
 //! # Layout
+//! - [`anthropic`]: Anthropic's Messages API.
 //! - [`common`]: state, control routes (`/_emulator/faults`, `/_emulator/stats`),
 //!   streaming helpers.
 //! - [`faults`]: the fault language.
+//! - [`gemini`]: Google Gemini's `generateContent` API.
 //! - [`text`]: deterministic answers, token counts, JSON from a schema.
 //! - [`openai`]: OpenAI and its dialects (DeepSeek, Moonshot, Mistral).
 //! - [`registry`]: emulator names (`tollgate emulate NAME`) to routers.
 
+pub mod anthropic;
 pub mod common;
 pub mod faults;
+pub mod gemini;
 pub mod openai;
 pub mod registry;
+#[cfg(test)]
+mod test_util;
 pub mod text;
 
 pub use common::{serve, EmulatorOptions};

@@ -4,6 +4,7 @@ use axum::Router;
 
 use crate::common::EmulatorOptions;
 use crate::openai::{self, Dialect};
+use crate::{anthropic, gemini};
 
 /// An emulator `tollgate emulate` can start.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -12,6 +13,8 @@ pub enum EmulatorKind {
     DeepSeek,
     Moonshot,
     Mistral,
+    Anthropic,
+    Gemini,
 }
 
 impl EmulatorKind {
@@ -21,6 +24,8 @@ impl EmulatorKind {
         EmulatorKind::DeepSeek,
         EmulatorKind::Moonshot,
         EmulatorKind::Mistral,
+        EmulatorKind::Anthropic,
+        EmulatorKind::Gemini,
     ];
 
     /// The name `tollgate emulate` takes.
@@ -30,6 +35,8 @@ impl EmulatorKind {
             EmulatorKind::DeepSeek => "deepseek",
             EmulatorKind::Moonshot => "moonshot",
             EmulatorKind::Mistral => "mistral",
+            EmulatorKind::Anthropic => "anthropic",
+            EmulatorKind::Gemini => "gemini",
         }
     }
 
@@ -41,6 +48,8 @@ impl EmulatorKind {
             | EmulatorKind::DeepSeek
             | EmulatorKind::Moonshot
             | EmulatorKind::Mistral => "/v1",
+            // The SDKs and codecs append `/v1/messages` and `/v1beta/models/...`.
+            EmulatorKind::Anthropic | EmulatorKind::Gemini => "",
         }
     }
 }
@@ -66,5 +75,7 @@ pub fn router_for(kind: EmulatorKind, opts: EmulatorOptions) -> Router {
         EmulatorKind::DeepSeek => openai::router(Dialect::DeepSeek, opts),
         EmulatorKind::Moonshot => openai::router(Dialect::Moonshot, opts),
         EmulatorKind::Mistral => openai::router(Dialect::Mistral, opts),
+        EmulatorKind::Anthropic => anthropic::router(opts),
+        EmulatorKind::Gemini => gemini::router(opts),
     }
 }
