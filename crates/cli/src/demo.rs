@@ -56,6 +56,16 @@ fn demo_provider(e: EmulatorKind) -> DemoProvider {
             ProviderKind::Mistral,
             &["mistral-small-latest", "mistral-large-latest"],
         ),
+        EmulatorKind::Anthropic => p(
+            "anthropic",
+            ProviderKind::Anthropic,
+            &["claude-haiku-4-5", "claude-sonnet-4-6"],
+        ),
+        EmulatorKind::Gemini => p(
+            "gemini",
+            ProviderKind::Gemini,
+            &["gemini-2.5-flash", "gemini-2.5-pro"],
+        ),
     }
 }
 
