@@ -240,6 +240,27 @@ async fn handle(
     r
 }
 
+/// A request field by its camelCase name, or its snake_case spelling: proto-JSON
+/// accepts both, and google-genai sends some fields (`parameters_json_schema`) in
+/// snake_case.
+fn field<'a>(v: &'a Value, camel: &str) -> &'a Value {
+    match v.get(camel) {
+        Some(x) => x,
+        None => {
+            let mut snake = String::with_capacity(camel.len() + 4);
+            for c in camel.chars() {
+                if c.is_ascii_uppercase() {
+                    snake.push('_');
+                    snake.push(c.to_ascii_lowercase());
+                } else {
+                    snake.push(c);
+                }
+            }
+            v.get(&snake).unwrap_or(&Value::Null)
+        }
+    }
+}
+
 fn parts_text(parts: &Value) -> String {
     parts
         .as_array()
@@ -248,9 +269,9 @@ fn parts_text(parts: &Value) -> String {
         .map(|p| {
             if let Some(t) = p["text"].as_str() {
                 t.to_owned()
-            } else if let Some(fc) = p.get("functionCall") {
+            } else if let Some(fc) = Some(field(p, "functionCall")).filter(|x| !x.is_null()) {
                 fc.to_string()
-            } else if let Some(fr) = p.get("functionResponse") {
+            } else if let Some(fr) = Some(field(p, "functionResponse")).filter(|x| !x.is_null()) {
                 fr["response"].to_string()
             } else {
                 String::new()
@@ -294,7 +315,7 @@ impl Answer {
                 ));
             }
         }
-        let system = parts_text(&req["systemInstruction"]["parts"]);
+        let system = parts_text(&field(req, "systemInstruction")["parts"]);
         let texts: Vec<String> = std::iter::once(system)
             .filter(|s| !s.is_empty())
             .chain(contents.iter().map(|c| parts_text(&c["parts"])))
@@ -303,16 +324,16 @@ impl Answer {
         let last = contents.last().unwrap_or(&Value::Null);
         let last_is_response = last["parts"]
             .as_array()
-            .is_some_and(|p| p.iter().any(|p| p.get("functionResponse").is_some()));
+            .is_some_and(|p| p.iter().any(|p| !field(p, "functionResponse").is_null()));
         let last_user = contents
             .iter()
             .rev()
             .find(|c| c["role"] != "model")
             .map(|c| parts_text(&c["parts"]))
             .unwrap_or_default();
-        let gen = &req["generationConfig"];
-        let fc = &req["toolConfig"]["functionCallingConfig"];
-        let allowed: Vec<&str> = fc["allowedFunctionNames"]
+        let gen = field(req, "generationConfig");
+        let fc = field(field(req, "toolConfig"), "functionCallingConfig");
+        let allowed: Vec<&str> = field(fc, "allowedFunctionNames")
             .as_array()
             .into_iter()
             .flatten()
@@ -322,14 +343,21 @@ impl Answer {
             .as_array()
             .into_iter()
             .flatten()
-            .flat_map(|t| t["functionDeclarations"].as_array().into_iter().flatten())
+            .flat_map(|t| {
+                field(t, "functionDeclarations")
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+            })
             .collect();
         let mut calls = Vec::new();
-        if !decls.is_empty() && fc["mode"] != "NONE" && !last_is_response {
+        if !decls.is_empty() && field(fc, "mode") != "NONE" && !last_is_response {
             if let Some(d) = decls.iter().find(|d| {
                 allowed.is_empty() || d["name"].as_str().is_some_and(|n| allowed.contains(&n))
             }) {
-                let params = d.get("parameters").or(d.get("parametersJsonSchema"));
+                let params = [field(d, "parameters"), field(d, "parametersJsonSchema")]
+                    .into_iter()
+                    .find(|p| !p.is_null());
                 let args = params.map_or(json!({}), text::example_for_schema);
                 calls.push((d["name"].as_str().unwrap_or("f").to_owned(), args));
             }
@@ -337,9 +365,15 @@ impl Answer {
         let mut finish = "STOP";
         let text_out = if !calls.is_empty() {
             None
-        } else if gen["responseMimeType"] == "application/json" {
+        } else if field(gen, "responseMimeType") == "application/json" {
             Some(
-                match gen.get("responseSchema").or(gen.get("responseJsonSchema")) {
+                match [
+                    field(gen, "responseSchema"),
+                    field(gen, "responseJsonSchema"),
+                ]
+                .into_iter()
+                .find(|s| !s.is_null())
+                {
                     Some(s) => text::example_for_schema(s).to_string(),
                     None => json!({"answer": text::reply_text("gemini", model, &last_user, None)})
                         .to_string(),
@@ -354,14 +388,14 @@ impl Answer {
                 .map(|(n, a)| 3 + text::count_tokens(n) + text::count_tokens(&a.to_string()))
                 .sum::<u64>();
         let mut text_out = text_out;
-        if let (Some(max), Some(t)) = (gen["maxOutputTokens"].as_u64(), text_out.as_mut()) {
+        if let (Some(max), Some(t)) = (field(gen, "maxOutputTokens").as_u64(), text_out.as_mut()) {
             if candidates > max {
                 *t = t.chars().take(max as usize * 4).collect();
                 candidates = max;
                 finish = "MAX_TOKENS";
             }
         }
-        let cached = if req.get("cachedContent").is_some_and(|c| !c.is_null()) {
+        let cached = if !field(req, "cachedContent").is_null() {
             prompt.saturating_sub(4 + text::count_tokens(&parts_text(&last["parts"])) + 3)
         } else {
             0
