@@ -232,7 +232,7 @@ struct Answer {
     id: String,
     model: String,
     text: Option<String>,
-    tool: Option<(String, String, Value)>,
+    calls: Vec<(String, String, Value)>,
     stop_reason: &'static str,
     stop_sequence: Option<String>,
     input_tokens: u64,
@@ -305,23 +305,37 @@ impl Answer {
             .unwrap_or_default();
         let tools = req["tools"].as_array().cloned().unwrap_or_default();
         let choice = &req["tool_choice"];
-        let mut tool = None;
+        // Like the API: every fitting tool may be called in one turn (up to three here),
+        // unless a tool is named or `disable_parallel_tool_use` is set.
+        let mut calls = Vec::new();
         if !tools.is_empty() && choice["type"] != "none" && !last_is_result {
             let named = choice["name"].as_str();
-            if let Some(t) = tools.iter().find(|t| named.is_none_or(|n| t["name"] == n)) {
+            let single = named.is_some() || choice["disable_parallel_tool_use"] == true;
+            for t in tools
+                .iter()
+                .filter(|t| named.is_none_or(|n| t["name"] == n))
+            {
                 let name = t["name"].as_str().unwrap_or("tool").to_owned();
                 let input = text::example_for_schema(&t["input_schema"]);
-                let id = format!("toolu_emu{:016}", total);
-                tool = Some((id, name, input));
+                let id = format!("toolu_emu{:012}{:04}", total, calls.len());
+                calls.push((id, name, input));
+                if single || calls.len() == 3 {
+                    break;
+                }
             }
         }
         let mut stop_reason = "end_turn";
         let mut stop_sequence = None;
         let mut text_out = None;
         let mut output_tokens;
-        if let Some((_, name, input)) = &tool {
+        if !calls.is_empty() {
             stop_reason = "tool_use";
-            output_tokens = 3 + text::count_tokens(name) + text::count_tokens(&input.to_string());
+            output_tokens = calls
+                .iter()
+                .map(|(_, name, input)| {
+                    3 + text::count_tokens(name) + text::count_tokens(&input.to_string())
+                })
+                .sum();
         } else {
             let mut t = text::reply_text("anthropic", model, &last_user, chunks);
             for s in req["stop_sequences"].as_array().into_iter().flatten() {
@@ -345,7 +359,7 @@ impl Answer {
             id: format!("msg_emu{:016}", total),
             model: model.to_owned(),
             text: text_out,
-            tool,
+            calls,
             stop_reason,
             stop_sequence,
             input_tokens,
@@ -370,7 +384,7 @@ impl Answer {
             if let Some(t) = &self.text {
                 content.push(json!({"type": "text", "text": t}));
             }
-            if let Some((id, name, input)) = &self.tool {
+            for (id, name, input) in &self.calls {
                 content.push(json!({"type": "tool_use", "id": id, "name": name, "input": input}));
             }
         }
@@ -408,7 +422,7 @@ impl Answer {
             ));
             index += 1;
         }
-        if let Some((id, name, input)) = &self.tool {
+        for (id, name, input) in &self.calls {
             ev.push((
                 "content_block_start",
                 json!({"type": "content_block_start", "index": index,
@@ -431,6 +445,7 @@ impl Answer {
                 "content_block_stop",
                 json!({"type": "content_block_stop", "index": index}),
             ));
+            index += 1;
         }
         ev.push((
             "message_delta",

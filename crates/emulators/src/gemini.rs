@@ -352,7 +352,8 @@ impl Answer {
             .collect();
         let mut calls = Vec::new();
         if !decls.is_empty() && field(fc, "mode") != "NONE" && !last_is_response {
-            if let Some(d) = decls.iter().find(|d| {
+            // Parallel calls, as Gemini makes them: each allowed function, up to three.
+            for d in decls.iter().filter(|d| {
                 allowed.is_empty() || d["name"].as_str().is_some_and(|n| allowed.contains(&n))
             }) {
                 let params = [field(d, "parameters"), field(d, "parametersJsonSchema")]
@@ -360,6 +361,9 @@ impl Answer {
                     .find(|p| !p.is_null());
                 let args = params.map_or(json!({}), text::example_for_schema);
                 calls.push((d["name"].as_str().unwrap_or("f").to_owned(), args));
+                if calls.len() == 3 {
+                    break;
+                }
             }
         }
         let mut finish = "STOP";
