@@ -923,7 +923,7 @@ mod tests {
             serde_json::to_value(&r).unwrap(),
             json!({"id":"msg_01","object":"chat.completion","created":7,"model":"claude-sonnet-4-5-20250929",
                 "choices":[{"index":0,"finish_reason":"tool_calls","logprobs":null,
-                    "message":{"role":"assistant","content":"Let me check.","reasoning_content":"hmm",
+                    "message":{"role":"assistant","refusal":null,"content":"Let me check.","reasoning_content":"hmm",
                         "tool_calls":[{"id":"toolu_01","type":"function","function":{"name":"get_weather","arguments":"{\"city\":\"Paris\"}"}}]}}],
                 "usage":{"prompt_tokens":1120,"completion_tokens":30,"total_tokens":1150,
                     "prompt_tokens_details":{"cached_tokens":1000},"completion_tokens_details":{"reasoning_tokens":0},
@@ -1010,7 +1010,7 @@ event: message_stop\ndata: {\"type\":\"message_stop\"}\n\n";
             serde_json::to_value(&r).unwrap(),
             json!({"id":"msg_1","object":"chat.completion","created":7,"model":"claude-x",
                 "choices":[{"index":0,"finish_reason":"tool_calls","logprobs":null,
-                    "message":{"role":"assistant","content":"Checking now.","reasoning_content":"Plan.",
+                    "message":{"role":"assistant","refusal":null,"content":"Checking now.","reasoning_content":"Plan.",
                         "tool_calls":[{"id":"toolu_9","type":"function","function":{"name":"get_weather","arguments":"{\"city\": \"Paris\"}"}}]}}],
                 "usage":{"prompt_tokens":2073,"completion_tokens":42,"total_tokens":2115,
                     "prompt_tokens_details":{"cached_tokens":2048},"completion_tokens_details":{"reasoning_tokens":0}}})

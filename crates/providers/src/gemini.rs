@@ -196,8 +196,24 @@ fn response_object(text: &str) -> Value {
     }
 }
 
+/// Google's documented stand-in for a `thoughtSignature` tollgate cannot replay: Gemini 3
+/// and later reject a replayed `functionCall` part without one (400 "Function call is
+/// missing a thought_signature"), and the canonical form has nowhere to keep the real
+/// signature between requests.
+const SKIP_SIGNATURE: &str = "skip_thought_signature_validator";
+
+/// Whether a model wants thought signatures on replayed function calls (Gemini 3+).
+fn needs_signatures(model: &str) -> bool {
+    model
+        .strip_prefix("gemini-")
+        .and_then(|rest| rest.chars().next())
+        .and_then(|c| c.to_digit(10))
+        .is_some_and(|major| major >= 3)
+}
+
 /// Builds the Gemini request body.
-fn encode_body(req: &ChatRequest) -> Result<Value, GatewayError> {
+fn encode_body(req: &ChatRequest, model: &str) -> Result<Value, GatewayError> {
+    let signatures = needs_signatures(model);
     let mut system: Vec<Value> = Vec::new();
     let mut contents: Vec<(&'static str, Vec<Value>)> = Vec::new();
     let mut call_names: HashMap<&str, &str> = HashMap::new();
@@ -224,7 +240,12 @@ fn encode_body(req: &ChatRequest) -> Result<Value, GatewayError> {
                         })?
                     };
                     call_names.insert(tc.id.as_str(), tc.function.name.as_str());
-                    parts.push(json!({"functionCall": {"name": tc.function.name, "args": args}}));
+                    let mut part =
+                        json!({"functionCall": {"name": tc.function.name, "args": args}});
+                    if signatures {
+                        part["thoughtSignature"] = json!(SKIP_SIGNATURE);
+                    }
+                    parts.push(part);
                 }
                 ("model", parts)
             }
@@ -367,12 +388,12 @@ fn encode_body(req: &ChatRequest) -> Result<Value, GatewayError> {
 
 impl Codec for GeminiCodec {
     fn encode(&self, req: &ChatRequest, ctx: &EncodeCtx<'_>) -> Result<Outbound, GatewayError> {
-        let body = encode_body(req)?;
-        let body = serde_json::to_vec(&body).map_err(|_| GatewayError::internal())?;
         let model = ctx
             .upstream_model
             .strip_prefix("models/")
             .unwrap_or(ctx.upstream_model);
+        let body = encode_body(req, model)?;
+        let body = serde_json::to_vec(&body).map_err(|_| GatewayError::internal())?;
         let path = if ctx.stream {
             format!("{API_VERSION}/models/{model}:streamGenerateContent?alt=sse")
         } else {
@@ -882,6 +903,36 @@ mod tests {
     }
 
     #[test]
+    fn gemini_3_replays_calls_with_the_signature_sentinel() {
+        let req: ChatRequest = serde_json::from_value(json!({"model":"m","messages":[
+            {"role":"user","content":"hi"},
+            {"role":"assistant","tool_calls":[{"id":"c1","type":"function","function":{"name":"f","arguments":"{}"}}]},
+            {"role":"tool","tool_call_id":"c1","content":"ok"}]}))
+        .unwrap();
+        let creds = Credentials::default();
+        for (model, signed) in [
+            ("gemini-3-pro-preview", true),
+            ("models/gemini-3.1-flash", true),
+            ("gemini-2.5-flash", false),
+        ] {
+            let mut ctx = ectx(&creds, false);
+            ctx.upstream_model = model;
+            let Outbound::Http(h) = GeminiCodec::new().encode(&req, &ctx).unwrap() else {
+                unreachable!()
+            };
+            let body: Value = serde_json::from_slice(&h.body).unwrap();
+            let part = &body["contents"][1]["parts"][0];
+            assert_eq!(part["functionCall"]["name"], "f");
+            assert_eq!(
+                part.get("thoughtSignature").is_some(),
+                signed,
+                "{model}: {part}"
+            );
+        }
+        assert_eq!(SKIP_SIGNATURE, "skip_thought_signature_validator");
+    }
+
+    #[test]
     fn unknown_tool_call_id_names_the_field() {
         let e = encode(
             json!({"model":"m","messages":[{"role":"user","content":"hi"},
@@ -907,7 +958,7 @@ mod tests {
             serde_json::to_value(&r).unwrap(),
             json!({"id":"qpc2abc","object":"chat.completion","created":9,"model":"gemini-2.5-flash",
                 "choices":[{"index":0,"finish_reason":"tool_calls","logprobs":null,
-                    "message":{"role":"assistant","content":null,"reasoning_content":"thinking...","tool_calls":[
+                    "message":{"role":"assistant","refusal":null,"content":null,"reasoning_content":"thinking...","tool_calls":[
                         {"id":"call_req1_0","type":"function","function":{"name":"get_weather","arguments":"{\"city\":\"Paris\"}"}},
                         {"id":"call_req1_1","type":"function","function":{"name":"get_time","arguments":"{}"}}]}}],
                 "usage":{"prompt_tokens":83,"completion_tokens":118,"total_tokens":201,
@@ -1030,7 +1081,7 @@ data: {\"candidates\": [{\"content\": {\"parts\": [{\"functionCall\": {\"name\":
             serde_json::to_value(&r).unwrap(),
             json!({"id":"r1","object":"chat.completion","created":9,"model":"gemini-2.5-flash",
                 "choices":[{"index":0,"finish_reason":"tool_calls","logprobs":null,
-                    "message":{"role":"assistant","content":"The answer.","tool_calls":[
+                    "message":{"role":"assistant","refusal":null,"content":"The answer.","tool_calls":[
                         {"id":"call_req1_0","type":"function","function":{"name":"f","arguments":"{\"x\":1}"}}]}}],
                 "usage":{"prompt_tokens":9,"completion_tokens":28,"total_tokens":37,
                     "prompt_tokens_details":{"cached_tokens":0},"completion_tokens_details":{"reasoning_tokens":20}}})
