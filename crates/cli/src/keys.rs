@@ -28,6 +28,29 @@ pub enum KeysCommand {
         /// Default: every model.
         #[arg(long, value_delimiter = ',')]
         models: Vec<String>,
+        /// The team or project it belongs to (group budgets come from the config's
+        /// `[groups.NAME]`).
+        #[arg(long)]
+        group: Option<String>,
+        /// Spending cap, a decimal amount in `--currency` per `--period`.
+        #[arg(long)]
+        budget: Option<String>,
+        /// CNY or USD (or EUR). Default CNY.
+        #[arg(long, requires = "budget")]
+        currency: Option<String>,
+        /// day, month or total. Default month. Days and months follow `--time-zone`.
+        #[arg(long, requires = "budget")]
+        period: Option<String>,
+        /// Zone for day/month boundaries (Asia/Shanghai, UTC, +08:00). Default:
+        /// Asia/Shanghai for CNY budgets, UTC otherwise.
+        #[arg(long, requires = "budget")]
+        time_zone: Option<String>,
+        /// Requests per minute.
+        #[arg(long)]
+        rpm: Option<u32>,
+        /// Tokens per minute.
+        #[arg(long)]
+        tpm: Option<u32>,
     },
     /// List keys (the default).
     List,
@@ -42,8 +65,27 @@ pub async fn run(args: KeysArgs) -> anyhow::Result<()> {
     let cfg = args.store.config()?;
     let store = SqliteStore::open(&cfg.data_dir)?;
     match args.command.unwrap_or(KeysCommand::List) {
-        KeysCommand::Create { name, models } => {
-            let (rec, key) = store.create_key(&NewKey { name, models })?;
+        KeysCommand::Create {
+            name,
+            models,
+            group,
+            budget,
+            currency,
+            period,
+            time_zone,
+            rpm,
+            tpm,
+        } => {
+            let budget = tollgate_server::admin::budget_spec(budget, currency, period, time_zone)
+                .map_err(|e| anyhow::anyhow!(e.message))?;
+            let (rec, key) = store.create_key(&NewKey {
+                name,
+                models,
+                group,
+                budget,
+                rpm,
+                tpm,
+            })?;
             if args.json {
                 let mut v = serde_json::to_value(&rec)?;
                 v["key"] = serde_json::Value::String(key);

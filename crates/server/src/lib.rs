@@ -5,6 +5,9 @@
 //! - [`config`]: the TOML config, parsed ([`config::RawConfig`]) then validated ([`Config`]).
 //! - [`state`]: [`AppState`]: providers, the model index, the key cache.
 //! - [`chat`]: `POST /v1/chat/completions`, the request lifecycle from accept to relay.
+//! - [`metering`]: admission (rate limits, budget reservation) and settlement (cost,
+//!   ledger row) of one request; [`budget`], [`limits`] and [`tokens`] do the parts.
+//! - [`ledger`]: the group-commit ledger writer thread.
 //! - [`admin`]: `/admin/keys` (admin key required).
 //! - [`upstream`]: the one pooled upstream client with its timeouts.
 //! - [`error`]: the one mapping from errors to HTTP responses.
@@ -13,10 +16,15 @@
 //! listener until a shutdown future resolves, then drains in-flight requests.
 
 pub mod admin;
+pub mod budget;
 pub mod chat;
 pub mod config;
 pub mod error;
+pub mod ledger;
+pub mod limits;
+pub mod metering;
 pub mod state;
+pub mod tokens;
 pub mod upstream;
 
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -30,7 +38,7 @@ use axum::routing::{get, post};
 use axum::Router;
 
 pub use config::Config;
-pub use state::AppState;
+pub use state::{AppState, Stores};
 
 use crate::error::ApiError;
 
