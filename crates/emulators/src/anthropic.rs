@@ -604,7 +604,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn stream_error_and_disconnect_faults() {
+    async fn stream_error_fault_ends_with_an_error_event() {
         let req = json!({"model":"claude","max_tokens":200,"stream":true,
             "messages":[{"role":"user","content":"hi"}]});
         let mut h = OLD.to_vec();

@@ -982,6 +982,49 @@ mod tests {
     }
 
     #[test]
+    fn encoded_stream_decodes_back_to_the_same_answer() {
+        use crate::anthropic::AnthropicCodec;
+        use crate::codec::{Codec, DecodeCtx};
+        let sse: String = sample_stream()
+            .iter()
+            .map(|(n, d)| sse_frame(n, d))
+            .collect();
+        let ctx = DecodeCtx {
+            request_id: "r".into(),
+            created: 1,
+            model: "m".into(),
+        };
+        let mut dec = AnthropicCodec::new().stream_decoder(&ctx, None);
+        let mut events = Vec::new();
+        dec.feed(sse.as_bytes(), &mut events).unwrap();
+        dec.finish(&mut events).unwrap();
+        let r = crate::aggregate::aggregate(events, &ctx).unwrap();
+        let m = &r.choices[0].message;
+        assert_eq!(m.content.as_deref(), Some("Let me check."));
+        let calls = m.tool_calls.as_ref().unwrap();
+        assert_eq!(
+            calls
+                .iter()
+                .map(|c| (
+                    c.id.as_str(),
+                    c.function.name.as_str(),
+                    c.function.arguments.as_str()
+                ))
+                .collect::<Vec<_>>(),
+            [
+                ("call_a", "lookup", "{\"q\":\"cat\"}"),
+                ("call_b", "count", "{}")
+            ]
+        );
+        assert_eq!(r.choices[0].finish_reason.as_deref(), Some("tool_calls"));
+        let u = r.usage.unwrap();
+        assert_eq!(
+            (u.prompt_tokens, u.cached_tokens, u.completion_tokens),
+            (20, 8, 9)
+        );
+    }
+
+    #[test]
     fn empty_stream_still_has_a_message() {
         let mut enc = AnthropicStreamEncoder::new("msg_x", "m", 3);
         let names: Vec<String> = enc.finish(None).into_iter().map(|(n, _)| n).collect();
