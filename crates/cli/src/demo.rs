@@ -45,6 +45,8 @@ fn demo_provider(e: EmulatorKind) -> DemoProvider {
         EmulatorKind::Qianfan => p("ernie", ProviderKind::Ernie),
         EmulatorKind::Spark => p("spark", ProviderKind::Spark),
         EmulatorKind::Hunyuan => p("hunyuan", ProviderKind::Hunyuan),
+        EmulatorKind::Anthropic => p("anthropic", ProviderKind::Anthropic),
+        EmulatorKind::Gemini => p("gemini", ProviderKind::Gemini),
     }
 }
 

@@ -4,9 +4,11 @@
 //! takes the same injectable [`faults`].
 //!
 //! # Layout
+//! - [`anthropic`]: Anthropic's Messages API.
 //! - [`common`]: state, control routes (`/_emulator/faults`, `/_emulator/stats`),
 //!   streaming helpers.
 //! - [`faults`]: the fault language.
+//! - [`gemini`]: Google Gemini's `generateContent` API.
 //! - [`text`]: deterministic answers, token counts, JSON from a schema.
 //! - [`openai`]: OpenAI and its dialects (DeepSeek, Moonshot, Mistral).
 //! - [`qianfan`]: Baidu Qianfan (OAuth token, legacy ERNIE chat, v2 compatible).
@@ -15,14 +17,18 @@
 //! - [`compat`]: the OpenAI-compatible endpoints of Qianfan, Spark and Hunyuan.
 //! - [`registry`]: emulator names (`tollgate emulate NAME`) to routers.
 
+pub mod anthropic;
 pub mod common;
 pub mod compat;
 pub mod faults;
+pub mod gemini;
 pub mod hunyuan;
 pub mod openai;
 pub mod qianfan;
 pub mod registry;
 pub mod spark;
+#[cfg(test)]
+mod test_util;
 pub mod text;
 
 pub use common::{serve, EmulatorOptions};

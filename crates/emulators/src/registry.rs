@@ -4,6 +4,7 @@ use axum::Router;
 
 use crate::common::EmulatorOptions;
 use crate::openai::{self, Dialect};
+use crate::{anthropic, gemini};
 
 /// An emulator `tollgate emulate` can start.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -15,6 +16,8 @@ pub enum EmulatorKind {
     Qianfan,
     Spark,
     Hunyuan,
+    Anthropic,
+    Gemini,
 }
 
 impl EmulatorKind {
@@ -27,6 +30,8 @@ impl EmulatorKind {
         EmulatorKind::Qianfan,
         EmulatorKind::Spark,
         EmulatorKind::Hunyuan,
+        EmulatorKind::Anthropic,
+        EmulatorKind::Gemini,
     ];
 
     /// The name `tollgate emulate` takes.
@@ -39,6 +44,8 @@ impl EmulatorKind {
             EmulatorKind::Qianfan => "qianfan",
             EmulatorKind::Spark => "spark",
             EmulatorKind::Hunyuan => "hunyuan",
+            EmulatorKind::Anthropic => "anthropic",
+            EmulatorKind::Gemini => "gemini",
         }
     }
 
@@ -51,6 +58,8 @@ impl EmulatorKind {
             | EmulatorKind::Moonshot
             | EmulatorKind::Mistral => "/v1",
             EmulatorKind::Qianfan | EmulatorKind::Spark | EmulatorKind::Hunyuan => "",
+            // The SDKs and codecs append `/v1/messages` and `/v1beta/models/...`.
+            EmulatorKind::Anthropic | EmulatorKind::Gemini => "",
         }
     }
 }
@@ -79,5 +88,7 @@ pub fn router_for(kind: EmulatorKind, opts: EmulatorOptions) -> Router {
         EmulatorKind::Qianfan => crate::qianfan::router(opts),
         EmulatorKind::Spark => crate::spark::router(opts),
         EmulatorKind::Hunyuan => crate::hunyuan::router(opts),
+        EmulatorKind::Anthropic => anthropic::router(opts),
+        EmulatorKind::Gemini => gemini::router(opts),
     }
 }

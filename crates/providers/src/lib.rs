@@ -3,9 +3,14 @@
 //!
 //! # Layout
 //! - [`aggregate`]: stream events collected into one response.
+//! - [`anthropic`]: Anthropic's Messages API, upstream.
+//! - [`anthropic_inbound`]: Anthropic's Messages API, inbound: pure translation between
+//!   Anthropic requests/responses/streams and the canonical form, for `/v1/messages`.
 //! - [`codec`]: the contract ([`Codec`], [`StreamDecoder`], [`Outbound`]).
 //! - [`ernie`]: Baidu ERNIE on Qianfan (legacy OAuth-token API, v2 OpenAI-compatible).
 //! - [`hunyuan`]: Tencent Hunyuan (TC3-signed `ChatCompletions`, OpenAI-compatible).
+//! - [`gemini`]: Google Gemini's `generateContent` API.
+//! - [`media`]: image references (`data:` URLs).
 //! - [`openai`]: OpenAI and its dialects (DeepSeek, Moonshot, Mistral, any compatible server).
 //! - [`registry`]: which codec serves which provider kind and mode.
 //! - [`spark`]: iFlytek Spark (signed WebSocket API, HTTP OpenAI-compatible).
@@ -13,9 +18,13 @@
 //! - [`urlenc`]: query-string percent-encoding for signed URLs.
 
 pub mod aggregate;
+pub mod anthropic;
+pub mod anthropic_inbound;
 pub mod codec;
 pub mod ernie;
+pub mod gemini;
 pub mod hunyuan;
+pub mod media;
 pub mod openai;
 pub mod registry;
 pub mod spark;

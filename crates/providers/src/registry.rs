@@ -4,7 +4,9 @@ use std::sync::Arc;
 
 use tollgate_core::ProviderKind;
 
+use crate::anthropic::AnthropicCodec;
 use crate::codec::Codec;
+use crate::gemini::GeminiCodec;
 use crate::openai::{Flavor, OpenAiCodec};
 
 /// Which of a vendor's APIs to speak, where it offers more than one.
@@ -47,6 +49,10 @@ pub fn codec_for(kind: ProviderKind, mode: Mode) -> Result<Arc<dyn Codec>, Strin
         }
         (ProviderKind::Hunyuan, Mode::Native) => Ok(Arc::new(crate::hunyuan::HunyuanCodec::new())),
         (ProviderKind::Hunyuan, Mode::OpenAi) => Ok(openai(Flavor::Compatible)),
+        // The native protocol serves either mode; the vendors' OpenAI-compatible
+        // endpoints remain reachable as `openai_compatible` providers.
+        (ProviderKind::Anthropic, _) => Ok(Arc::new(AnthropicCodec::new())),
+        (ProviderKind::Gemini, _) => Ok(Arc::new(GeminiCodec::new())),
         (other, _) => Err(format!(
             "provider kind '{other}' has no codec in this build yet"
         )),
