@@ -4,13 +4,17 @@
 //! # Layout
 //! - [`aggregate`]: stream events collected into one response.
 //! - [`codec`]: the contract ([`Codec`], [`StreamDecoder`], [`Outbound`]).
+//! - [`dialect`]: OpenAI streams read through a vendor's finish-reason and error tables.
 //! - [`openai`]: OpenAI and its dialects (DeepSeek, Moonshot, Mistral, any compatible server).
 //! - [`registry`]: which codec serves which provider kind and mode.
+//! - [`zhipu`]: Zhipu GLM v4 (OpenAI-shaped, JWT or plain key, Zhipu's codes).
 
 pub mod aggregate;
 pub mod codec;
+pub mod dialect;
 pub mod openai;
 pub mod registry;
+pub mod zhipu;
 
 pub use codec::{
     Codec, Credentials, DecodeCtx, EncodeCtx, FetchedToken, HttpRequest, Outbound, StreamDecoder,
