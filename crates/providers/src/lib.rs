@@ -4,6 +4,7 @@
 //! # Layout
 //! - [`aggregate`]: stream events collected into one response.
 //! - [`codec`]: the contract ([`Codec`], [`StreamDecoder`], [`Outbound`]).
+//! - [`doubao`]: ByteDance Doubao on Volcengine Ark (OpenAI-shaped, Ark's error codes).
 //! - [`dialect`]: OpenAI streams read through a vendor's finish-reason and error tables.
 //! - [`openai`]: OpenAI and its dialects (DeepSeek, Moonshot, Mistral, any compatible server).
 //! - [`registry`]: which codec serves which provider kind and mode.
@@ -12,6 +13,7 @@
 pub mod aggregate;
 pub mod codec;
 pub mod dialect;
+pub mod doubao;
 pub mod openai;
 pub mod registry;
 pub mod zhipu;
