@@ -40,7 +40,7 @@ impl DialectStream {
         }
     }
 
-    fn map(&mut self, start: usize, out: &mut Vec<StreamEvent>) -> Result<(), UpstreamError> {
+    fn map(&mut self, start: usize, out: &mut [StreamEvent]) -> Result<(), UpstreamError> {
         for ev in out.iter_mut().skip(start) {
             if let StreamEvent::Chunk(c) = ev {
                 for ch in &mut c.choices {

@@ -201,10 +201,18 @@ mod tests {
           "created":1742631811,"id":"0217426318107460cfa43dc3f3683b1de1c09624ff49085a456ac","model":"doubao-seed-1-6-251015","service_tier":"default","object":"chat.completion",
           "usage":{"completion_tokens":30,"prompt_tokens":100,"total_tokens":130,"prompt_tokens_details":{"cached_tokens":64},"completion_tokens_details":{"reasoning_tokens":20}}}"#;
         let r = DoubaoCodec::new().decode(200, body, &dctx()).unwrap();
-        assert_eq!(r.choices[0].message.reasoning_content.as_deref(), Some("think"));
+        assert_eq!(
+            r.choices[0].message.reasoning_content.as_deref(),
+            Some("think")
+        );
         let u = r.usage.unwrap();
         assert_eq!(
-            (u.prompt_tokens, u.completion_tokens, u.cached_tokens, u.reasoning_tokens),
+            (
+                u.prompt_tokens,
+                u.completion_tokens,
+                u.cached_tokens,
+                u.reasoning_tokens
+            ),
             (100, 30, 64, 20)
         );
     }
@@ -213,25 +221,58 @@ mod tests {
     fn error_codes() {
         let c = DoubaoCodec::new();
         let cases: &[(u16, &str, UpstreamErrorKind)] = &[
-            (404, "InvalidEndpointOrModel.NotFound", UpstreamErrorKind::NotFound),
+            (
+                404,
+                "InvalidEndpointOrModel.NotFound",
+                UpstreamErrorKind::NotFound,
+            ),
             (404, "ModelNotOpen", UpstreamErrorKind::NotFound),
             (401, "AuthenticationError", UpstreamErrorKind::Auth),
             (400, "InvalidParameter", UpstreamErrorKind::BadRequest),
             (400, "MissingParameter", UpstreamErrorKind::BadRequest),
-            (403, "AccountOverdueError", UpstreamErrorKind::QuotaExhausted),
-            (400, "InputTextSensitiveContentDetected", UpstreamErrorKind::ContentFilter),
-            (400, "OutputTextSensitiveContentDetected", UpstreamErrorKind::ContentFilter),
-            (429, "RateLimitExceeded.EndpointRPMExceeded", UpstreamErrorKind::RateLimited),
-            (429, "ModelAccountTpmRateLimitExceeded", UpstreamErrorKind::RateLimited),
+            (
+                403,
+                "AccountOverdueError",
+                UpstreamErrorKind::QuotaExhausted,
+            ),
+            (
+                400,
+                "InputTextSensitiveContentDetected",
+                UpstreamErrorKind::ContentFilter,
+            ),
+            (
+                400,
+                "OutputTextSensitiveContentDetected",
+                UpstreamErrorKind::ContentFilter,
+            ),
+            (
+                429,
+                "RateLimitExceeded.EndpointRPMExceeded",
+                UpstreamErrorKind::RateLimited,
+            ),
+            (
+                429,
+                "ModelAccountTpmRateLimitExceeded",
+                UpstreamErrorKind::RateLimited,
+            ),
             (429, "ServerOverloaded", UpstreamErrorKind::Overloaded),
             (403, "AccessDenied", UpstreamErrorKind::PermissionDenied),
-            (403, "OperationDenied.ServiceNotOpen", UpstreamErrorKind::PermissionDenied),
+            (
+                403,
+                "OperationDenied.ServiceNotOpen",
+                UpstreamErrorKind::PermissionDenied,
+            ),
             (500, "InternalServiceError", UpstreamErrorKind::Server),
         ];
         for (status, code, kind) in cases {
-            let body = json!({"error":{"code":code,"message":"m","param":"","type":"T"}}).to_string();
+            let body =
+                json!({"error":{"code":code,"message":"m","param":"","type":"T"}}).to_string();
             let e = c.decode_error(*status, body.as_bytes(), None);
-            assert_eq!((e.kind, e.vendor_code.as_deref()), (*kind, Some(*code)), "{code}");
+            assert_eq!(
+                (e.kind, e.vendor_code.as_deref()),
+                (*kind, Some(*code)),
+                "{code}"
+            );
         }
         let e = run("data: {\"error\":{\"code\":\"OutputTextSensitiveContentDetected\",\"message\":\"m\",\"param\":\"\",\"type\":\"BadRequest\"}}\n\n", 3).unwrap_err();
         assert_eq!(e.kind, UpstreamErrorKind::ContentFilter);

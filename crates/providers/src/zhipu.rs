@@ -33,9 +33,7 @@ use sha2::Sha256;
 use tollgate_core::chat::{ChatRequest, ChatResponse, Content, Role, ToolChoice};
 use tollgate_core::{GatewayError, UpstreamError, UpstreamErrorKind};
 
-use crate::codec::{
-    join_url, Codec, DecodeCtx, EncodeCtx, HttpRequest, Outbound, StreamDecoder,
-};
+use crate::codec::{join_url, Codec, DecodeCtx, EncodeCtx, HttpRequest, Outbound, StreamDecoder};
 use crate::dialect::{reclassify, DialectStream, Finish};
 use crate::openai::{decode_openai_error, drop_nulls, OpenAiCodec};
 
@@ -152,7 +150,11 @@ fn body(req: &ChatRequest, model: &str, stream: bool) -> Result<Map<String, Valu
     if let Some(m) = req.max_output_tokens() {
         b.insert("max_tokens".into(), m.into());
     }
-    if let Some(s) = req.stop.as_ref().and_then(|s| s.to_vec().into_iter().next()) {
+    if let Some(s) = req
+        .stop
+        .as_ref()
+        .and_then(|s| s.to_vec().into_iter().next())
+    {
         b.insert("stop".into(), Value::Array(vec![s.into()]));
     }
     if let Some(seed) = req.seed {
@@ -181,7 +183,8 @@ fn body(req: &ChatRequest, model: &str, stream: bool) -> Result<Map<String, Valu
         if !tools.is_empty() {
             let mut list = Vec::with_capacity(tools.len());
             for t in tools {
-                let mut f = serde_json::to_value(&t.function).map_err(|_| GatewayError::internal())?;
+                let mut f =
+                    serde_json::to_value(&t.function).map_err(|_| GatewayError::internal())?;
                 if let Value::Object(m) = &mut f {
                     m.remove("strict");
                 }
@@ -216,8 +219,9 @@ impl Codec for ZhipuCodec {
         if let Some(key) = &ctx.credentials.api_key {
             let key = key.expose();
             let token = match self.auth {
-                ZhipuAuth::Jwt => mint_jwt(key, ctx.now.timestamp_millis())
-                    .unwrap_or_else(|| key.to_owned()),
+                ZhipuAuth::Jwt => {
+                    mint_jwt(key, ctx.now.timestamp_millis()).unwrap_or_else(|| key.to_owned())
+                }
                 ZhipuAuth::ApiKey => key.to_owned(),
             };
             headers.push(("authorization".to_owned(), format!("Bearer {token}")));
@@ -367,17 +371,26 @@ mod tests {
         let c = creds("12345678.abcdefg");
         let h = http(
             ZhipuCodec::new(ZhipuAuth::Jwt)
-                .encode(&req(json!({"model":"m","messages":[{"role":"user","content":"hi"}]})), &ectx(&c, false))
+                .encode(
+                    &req(json!({"model":"m","messages":[{"role":"user","content":"hi"}]})),
+                    &ectx(&c, false),
+                )
                 .unwrap(),
         );
         assert_eq!(h.url, "http://127.0.0.1:9/api/paas/v4/chat/completions");
         assert_eq!(
             header(&h, "authorization"),
-            format!("Bearer {}", mint_jwt("12345678.abcdefg", 1_700_000_000_000).unwrap())
+            format!(
+                "Bearer {}",
+                mint_jwt("12345678.abcdefg", 1_700_000_000_000).unwrap()
+            )
         );
         let h = http(
             ZhipuCodec::new(ZhipuAuth::ApiKey)
-                .encode(&req(json!({"model":"m","messages":[{"role":"user","content":"hi"}]})), &ectx(&c, false))
+                .encode(
+                    &req(json!({"model":"m","messages":[{"role":"user","content":"hi"}]})),
+                    &ectx(&c, false),
+                )
                 .unwrap(),
         );
         assert_eq!(header(&h, "authorization"), "Bearer 12345678.abcdefg");
@@ -385,7 +398,10 @@ mod tests {
         let c = creds("plainkey");
         let h = http(
             ZhipuCodec::new(ZhipuAuth::Jwt)
-                .encode(&req(json!({"model":"m","messages":[{"role":"user","content":"hi"}]})), &ectx(&c, false))
+                .encode(
+                    &req(json!({"model":"m","messages":[{"role":"user","content":"hi"}]})),
+                    &ectx(&c, false),
+                )
                 .unwrap(),
         );
         assert_eq!(header(&h, "authorization"), "Bearer plainkey");
@@ -430,7 +446,14 @@ mod tests {
             json!({"model":"m","messages":[{"role":"user","content":"hi"}],"temperature":1.5,"top_p":0.5}),
             false,
         );
-        assert_eq!((b["temperature"].clone(), b["top_p"].clone(), b.get("do_sample")), (json!(0.99), json!(0.5), None));
+        assert_eq!(
+            (
+                b["temperature"].clone(),
+                b["top_p"].clone(),
+                b.get("do_sample")
+            ),
+            (json!(0.99), json!(0.5), None)
+        );
     }
 
     #[test]
@@ -459,7 +482,10 @@ mod tests {
             b["messages"][1],
             json!({"role":"assistant","tool_calls":[{"id":"c1","type":"function","function":{"name":"f","arguments":"{}"}}]})
         );
-        assert_eq!(b["messages"][2], json!({"role":"tool","tool_call_id":"c1","content":"42"}));
+        assert_eq!(
+            b["messages"][2],
+            json!({"role":"tool","tool_call_id":"c1","content":"42"})
+        );
         let b = base(json!({"type":"function","function":{"name":"g"}}));
         assert_eq!(b["tools"].as_array().unwrap().len(), 1);
         assert_eq!(b["tools"][0]["function"]["name"], "g");
@@ -473,7 +499,9 @@ mod tests {
           "choices":[{"finish_reason":"tool_calls","index":0,"message":{"content":null,"role":"assistant",
             "tool_calls":[{"function":{"arguments":"{\"location\":\"Beijing\"}","name":"get_weather"},"id":"call_8239375684858666781","index":0,"type":"function"}]}}],
           "usage":{"completion_tokens":22,"prompt_tokens":150,"total_tokens":172}}"#;
-        let r = ZhipuCodec::new(ZhipuAuth::Jwt).decode(200, body, &dctx()).unwrap();
+        let r = ZhipuCodec::new(ZhipuAuth::Jwt)
+            .decode(200, body, &dctx())
+            .unwrap();
         assert_eq!(
             serde_json::to_value(&r).unwrap(),
             json!({"id":"8239375684858666781","object":"chat.completion","created":1703487403,"model":"glm-4",
@@ -488,10 +516,17 @@ mod tests {
     #[test]
     fn non_stream_finish_reasons() {
         let body = br#"{"id":"x","created":1,"model":"glm-4","choices":[{"index":0,"finish_reason":"sensitive","message":{"role":"assistant","content":"partial"}}],"usage":{"prompt_tokens":1,"completion_tokens":1,"total_tokens":2}}"#;
-        let r = ZhipuCodec::new(ZhipuAuth::Jwt).decode(200, body, &dctx()).unwrap();
-        assert_eq!(r.choices[0].finish_reason.as_deref(), Some("content_filter"));
+        let r = ZhipuCodec::new(ZhipuAuth::Jwt)
+            .decode(200, body, &dctx())
+            .unwrap();
+        assert_eq!(
+            r.choices[0].finish_reason.as_deref(),
+            Some("content_filter")
+        );
         let body = br#"{"id":"x","created":1,"model":"glm-4","choices":[{"index":0,"finish_reason":"network_error","message":{"role":"assistant","content":""}}]}"#;
-        let e = ZhipuCodec::new(ZhipuAuth::Jwt).decode(200, body, &dctx()).unwrap_err();
+        let e = ZhipuCodec::new(ZhipuAuth::Jwt)
+            .decode(200, body, &dctx())
+            .unwrap_err();
         assert_eq!(e.kind, UpstreamErrorKind::Server);
     }
 
@@ -503,7 +538,8 @@ mod tests {
     );
 
     fn run(input: &str, piece: usize) -> Result<Vec<StreamEvent>, UpstreamError> {
-        let mut d = ZhipuCodec::new(ZhipuAuth::Jwt).stream_decoder(&dctx(), Some("text/event-stream"));
+        let mut d =
+            ZhipuCodec::new(ZhipuAuth::Jwt).stream_decoder(&dctx(), Some("text/event-stream"));
         let mut out = Vec::new();
         for c in input.as_bytes().chunks(piece) {
             d.feed(c, &mut out)?;
@@ -529,11 +565,21 @@ mod tests {
         let s = STREAM.replace("\"stop\"", "\"sensitive\"");
         let ev = run(&s, 9).unwrap();
         let r = crate::aggregate::aggregate(ev, &dctx()).unwrap();
-        assert_eq!(r.choices[0].finish_reason.as_deref(), Some("content_filter"));
+        assert_eq!(
+            r.choices[0].finish_reason.as_deref(),
+            Some("content_filter")
+        );
         let s = STREAM.replace("\"stop\"", "\"network_error\"");
         assert_eq!(run(&s, 9).unwrap_err().kind, UpstreamErrorKind::Server);
-        let e = run("data: {\"error\":{\"code\":\"1301\",\"message\":\"unsafe\"}}\n\n", 4).unwrap_err();
-        assert_eq!((e.kind, e.vendor_code.as_deref()), (UpstreamErrorKind::ContentFilter, Some("1301")));
+        let e = run(
+            "data: {\"error\":{\"code\":\"1301\",\"message\":\"unsafe\"}}\n\n",
+            4,
+        )
+        .unwrap_err();
+        assert_eq!(
+            (e.kind, e.vendor_code.as_deref()),
+            (UpstreamErrorKind::ContentFilter, Some("1301"))
+        );
         // Cut before [DONE]: no Done.
         let cut = &STREAM[..STREAM.len() - 14];
         assert!(!run(cut, 5).unwrap().contains(&StreamEvent::Done));
@@ -543,17 +589,61 @@ mod tests {
     fn error_table() {
         let c = ZhipuCodec::new(ZhipuAuth::Jwt);
         let cases: &[(u16, &str, UpstreamErrorKind)] = &[
-            (401, r#"{"error":{"code":"1000","message":"身份验证失败。"}}"#, UpstreamErrorKind::Auth),
-            (401, r#"{"error":{"code":"1003","message":"Token已过期"}}"#, UpstreamErrorKind::Auth),
-            (401, r#"{"error":{"message":"令牌已过期或验证不正确","type":"401"}}"#, UpstreamErrorKind::Auth),
-            (429, r#"{"error":{"code":"1113","message":"您的账户已欠费"}}"#, UpstreamErrorKind::QuotaExhausted),
-            (400, r#"{"error":{"code":"1211","message":"模型不存在"}}"#, UpstreamErrorKind::NotFound),
-            (400, r#"{"error":{"code":"1214","message":"messages 参数非法"}}"#, UpstreamErrorKind::BadRequest),
-            (400, r#"{"error":{"code":"1301","message":"系统检测到输入或生成内容可能包含不安全或敏感内容","contentFilter":[{"level":1,"role":"user"}]}}"#, UpstreamErrorKind::ContentFilter),
-            (429, r#"{"error":{"code":"1302","message":"并发过高"}}"#, UpstreamErrorKind::RateLimited),
-            (429, r#"{"error":{"code":"1305","message":"模型过载"}}"#, UpstreamErrorKind::Overloaded),
-            (403, r#"{"error":{"code":"1220","message":"无权访问"}}"#, UpstreamErrorKind::PermissionDenied),
-            (500, r#"{"error":{"code":"1234","message":"网络错误"}}"#, UpstreamErrorKind::Server),
+            (
+                401,
+                r#"{"error":{"code":"1000","message":"身份验证失败。"}}"#,
+                UpstreamErrorKind::Auth,
+            ),
+            (
+                401,
+                r#"{"error":{"code":"1003","message":"Token已过期"}}"#,
+                UpstreamErrorKind::Auth,
+            ),
+            (
+                401,
+                r#"{"error":{"message":"令牌已过期或验证不正确","type":"401"}}"#,
+                UpstreamErrorKind::Auth,
+            ),
+            (
+                429,
+                r#"{"error":{"code":"1113","message":"您的账户已欠费"}}"#,
+                UpstreamErrorKind::QuotaExhausted,
+            ),
+            (
+                400,
+                r#"{"error":{"code":"1211","message":"模型不存在"}}"#,
+                UpstreamErrorKind::NotFound,
+            ),
+            (
+                400,
+                r#"{"error":{"code":"1214","message":"messages 参数非法"}}"#,
+                UpstreamErrorKind::BadRequest,
+            ),
+            (
+                400,
+                r#"{"error":{"code":"1301","message":"系统检测到输入或生成内容可能包含不安全或敏感内容","contentFilter":[{"level":1,"role":"user"}]}}"#,
+                UpstreamErrorKind::ContentFilter,
+            ),
+            (
+                429,
+                r#"{"error":{"code":"1302","message":"并发过高"}}"#,
+                UpstreamErrorKind::RateLimited,
+            ),
+            (
+                429,
+                r#"{"error":{"code":"1305","message":"模型过载"}}"#,
+                UpstreamErrorKind::Overloaded,
+            ),
+            (
+                403,
+                r#"{"error":{"code":"1220","message":"无权访问"}}"#,
+                UpstreamErrorKind::PermissionDenied,
+            ),
+            (
+                500,
+                r#"{"error":{"code":"1234","message":"网络错误"}}"#,
+                UpstreamErrorKind::Server,
+            ),
             (503, "", UpstreamErrorKind::Overloaded),
         ];
         for (status, body, kind) in cases {
