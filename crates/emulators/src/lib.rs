@@ -6,16 +6,24 @@
 //! # Layout
 //! - [`common`]: state, control routes (`/_emulator/faults`, `/_emulator/stats`),
 //!   streaming helpers.
+//! - [`dashscope`]: Alibaba DashScope: native generation API and compatible mode.
+//! - [`doubao`]: Volcengine Ark (Doubao models).
 //! - [`faults`]: the fault language.
 //! - [`text`]: deterministic answers, token counts, JSON from a schema.
 //! - [`openai`]: OpenAI and its dialects (DeepSeek, Moonshot, Mistral).
 //! - [`registry`]: emulator names (`tollgate emulate NAME`) to routers.
+//! - [`reply`]: a deterministic reply in vendor-neutral terms, for the vendors below.
+//! - [`zhipu`]: Zhipu GLM v4 (plain key or JWT).
 
 pub mod common;
+pub mod dashscope;
+pub mod doubao;
 pub mod faults;
 pub mod openai;
 pub mod registry;
+pub mod reply;
 pub mod text;
+pub mod zhipu;
 
 pub use common::{serve, EmulatorOptions};
 pub use faults::Faults;

@@ -4,6 +4,7 @@ use axum::Router;
 
 use crate::common::EmulatorOptions;
 use crate::openai::{self, Dialect};
+use crate::{dashscope, doubao, zhipu};
 
 /// An emulator `tollgate emulate` can start.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -12,6 +13,9 @@ pub enum EmulatorKind {
     DeepSeek,
     Moonshot,
     Mistral,
+    Zhipu,
+    Doubao,
+    DashScope,
 }
 
 impl EmulatorKind {
@@ -21,6 +25,9 @@ impl EmulatorKind {
         EmulatorKind::DeepSeek,
         EmulatorKind::Moonshot,
         EmulatorKind::Mistral,
+        EmulatorKind::Zhipu,
+        EmulatorKind::Doubao,
+        EmulatorKind::DashScope,
     ];
 
     /// The name `tollgate emulate` takes.
@@ -30,6 +37,9 @@ impl EmulatorKind {
             EmulatorKind::DeepSeek => "deepseek",
             EmulatorKind::Moonshot => "moonshot",
             EmulatorKind::Mistral => "mistral",
+            EmulatorKind::Zhipu => "zhipu",
+            EmulatorKind::Doubao => "doubao",
+            EmulatorKind::DashScope => "dashscope",
         }
     }
 
@@ -41,6 +51,11 @@ impl EmulatorKind {
             | EmulatorKind::DeepSeek
             | EmulatorKind::Moonshot
             | EmulatorKind::Mistral => "/v1",
+            EmulatorKind::Zhipu => "/api/paas/v4",
+            EmulatorKind::Doubao => "/api/v3",
+            // The native API lives under /api/v1/..., compatible mode under
+            // /compatible-mode/v1: the provider's base URL is the root.
+            EmulatorKind::DashScope => "",
         }
     }
 }
@@ -66,5 +81,8 @@ pub fn router_for(kind: EmulatorKind, opts: EmulatorOptions) -> Router {
         EmulatorKind::DeepSeek => openai::router(Dialect::DeepSeek, opts),
         EmulatorKind::Moonshot => openai::router(Dialect::Moonshot, opts),
         EmulatorKind::Mistral => openai::router(Dialect::Mistral, opts),
+        EmulatorKind::Zhipu => zhipu::router(opts),
+        EmulatorKind::Doubao => doubao::router(opts),
+        EmulatorKind::DashScope => dashscope::router(opts),
     }
 }
