@@ -466,7 +466,8 @@ pub struct ResponseMessage {
     pub content: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tool_calls: Option<Vec<ToolCall>>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    /// Always written (as `null` when absent): OpenAI's schema requires the key.
+    #[serde(default)]
     pub refusal: Option<String>,
     /// Reasoning text of thinking models (DeepSeek, Zhipu, Qwen, ...), passed through.
     #[serde(default, skip_serializing_if = "Option::is_none")]

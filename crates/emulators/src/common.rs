@@ -69,6 +69,7 @@ impl EmuState {
 
     /// Counts the request and picks its faults: the `x-emulator-fault` header wins over
     /// the instance's faults. A malformed header is the test's bug: a plain 400.
+    #[allow(clippy::result_large_err)] // the Err is the response to send; it is rare
     pub fn begin(&self, headers: &HeaderMap) -> Result<RequestFaults, Response> {
         let n = self.requests.fetch_add(1, Ordering::Relaxed) + 1;
         let faults = match headers.get("x-emulator-fault").map(HeaderValue::to_str) {
@@ -173,7 +174,11 @@ pub fn stream_response(
             }
             let item = match p {
                 Piece::Bytes(b) => Ok(b),
-                Piece::Abort => Err(std::io::Error::other("emulated disconnect")),
+                Piece::Abort => {
+                    // Let what was sent reach the wire before the connection is cut.
+                    tokio::time::sleep(Duration::from_millis(30)).await;
+                    Err(std::io::Error::other("emulated disconnect"))
+                }
             };
             let abort = item.is_err();
             if tx.send(item).await.is_err() || abort {

@@ -458,10 +458,8 @@ impl Answer {
                 pieces.push(Piece::Bytes(Bytes::from(format!("data: {e}\n\n"))));
                 return pieces;
             }
-            if d == Dialect::OpenAi || d == Dialect::DeepSeek {
-                if ev.get("usage").is_none() {
-                    ev["usage"] = Value::Null;
-                }
+            if (d == Dialect::OpenAi || d == Dialect::DeepSeek) && ev.get("usage").is_none() {
+                ev["usage"] = Value::Null;
             }
             pieces.push(Piece::Bytes(Bytes::from(format!("data: {ev}\n\n"))));
         }

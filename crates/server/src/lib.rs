@@ -1,1 +1,133 @@
-//! placeholder
+//! The gateway: HTTP routes, authentication, the upstream client, the streaming relay
+//! and the admin API. The only crate that speaks HTTP.
+//!
+//! # Layout
+//! - [`config`]: the TOML config, parsed ([`config::RawConfig`]) then validated ([`Config`]).
+//! - [`state`]: [`AppState`]: providers, the model index, the key cache.
+//! - [`chat`]: `POST /v1/chat/completions`, the request lifecycle from accept to relay.
+//! - [`admin`]: `/admin/keys` (admin key required).
+//! - [`upstream`]: the one pooled upstream client with its timeouts.
+//! - [`error`]: the one mapping from errors to HTTP responses.
+//!
+//! [`app`] builds the router (tests drive it with `oneshot`); [`run`] serves it on a
+//! listener until a shutdown future resolves, then drains in-flight requests.
+
+pub mod admin;
+pub mod chat;
+pub mod config;
+pub mod error;
+pub mod state;
+pub mod upstream;
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use axum::extract::{Request, State};
+use axum::http::HeaderValue;
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::Router;
+
+pub use config::Config;
+pub use state::AppState;
+
+use crate::error::ApiError;
+
+/// The id of one request, on every response as `x-tollgate-request-id`.
+#[derive(Debug, Clone)]
+pub struct RequestId(pub String);
+
+static REQUEST_SEQ: AtomicU64 = AtomicU64::new(0);
+
+fn next_request_id() -> RequestId {
+    let ms = chrono::Utc::now().timestamp_millis();
+    let seq = REQUEST_SEQ.fetch_add(1, Ordering::Relaxed);
+    RequestId(format!(
+        "req_{ms:012x}{:04x}{seq:08x}",
+        std::process::id() & 0xffff
+    ))
+}
+
+async fn request_id(mut req: Request, next: Next) -> Response {
+    let rid = next_request_id();
+    req.extensions_mut().insert(rid.clone());
+    let mut resp = next.run(req).await;
+    if let Ok(v) = HeaderValue::from_str(&rid.0) {
+        resp.headers_mut().insert("x-tollgate-request-id", v);
+    }
+    resp
+}
+
+/// The router.
+pub fn app(state: Arc<AppState>) -> Router {
+    Router::new()
+        .route("/v1/chat/completions", post(chat::chat_completions))
+        .route("/chat/completions", post(chat::chat_completions))
+        .route("/v1/models", get(models))
+        .route("/healthz", get(healthz))
+        .route("/admin/keys", get(admin::list_keys).post(admin::create_key))
+        .route("/admin/keys/{id}", axum::routing::delete(admin::revoke_key))
+        .fallback(error::not_found)
+        .method_not_allowed_fallback(error::method_not_allowed)
+        .layer(axum::middleware::from_fn(request_id))
+        .with_state(state)
+}
+
+async fn healthz() -> Response {
+    axum::Json(serde_json::json!({"status": "ok"})).into_response()
+}
+
+/// `GET /v1/models`: the models this key may use, as `provider/model`.
+async fn models(
+    State(state): State<Arc<AppState>>,
+    headers: axum::http::HeaderMap,
+) -> Result<Response, ApiError> {
+    let key = state.authenticate(chat::presented_key(&headers)).await?;
+    let mut data = Vec::new();
+    for (id, p) in &state.providers {
+        for m in &p.models {
+            if key.allows(id, m) {
+                data.push(serde_json::json!({
+                    "id": format!("{id}/{m}"),
+                    "object": "model",
+                    "created": 0,
+                    "owned_by": p.cfg.kind.as_str(),
+                }));
+            }
+        }
+    }
+    Ok(axum::Json(serde_json::json!({"object": "list", "data": data})).into_response())
+}
+
+/// Serves `app` on `listener` until `shutdown` resolves, then stops accepting and lets
+/// in-flight requests and streams finish for up to `grace`.
+pub async fn run(
+    listener: tokio::net::TcpListener,
+    state: Arc<AppState>,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let grace = state.config.shutdown_grace;
+    let (stop_tx, mut stop_rx) = tokio::sync::watch::channel(false);
+    let server = axum::serve(listener, app(state)).with_graceful_shutdown(async move {
+        let _ = stop_rx.wait_for(|s| *s).await;
+    });
+    let mut serving = tokio::spawn(async move { server.await });
+    tokio::select! {
+        r = &mut serving => return r.unwrap_or(Ok(())),
+        _ = shutdown => {}
+    }
+    let _ = stop_tx.send(true);
+    tracing::info!(
+        grace_secs = grace.as_secs(),
+        "shutting down: draining in-flight requests"
+    );
+    match tokio::time::timeout(grace, serving).await {
+        Ok(Ok(r)) => r,
+        Ok(Err(_)) => Ok(()),
+        Err(_) => {
+            tracing::warn!("grace period over; closing remaining connections");
+            Ok(())
+        }
+    }
+}

@@ -1,0 +1,155 @@
+//! `tollgate demo`: the gateway on SQLite in front of local emulators of every vendor,
+//! with a fresh demo key, so a newcomer can try everything with no keys and no network.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use clap::Args;
+use tollgate_core::{ProviderKind, Secret};
+use tollgate_emulators::{router_for, EmulatorKind, EmulatorOptions, Faults};
+use tollgate_providers::{Credentials, Mode};
+use tollgate_server::config::ProviderConfig;
+use tollgate_server::{AppState, Config};
+use tollgate_store::{KeyStore, NewKey, SqliteStore};
+
+/// Options of `tollgate demo`.
+#[derive(Debug, Args)]
+pub struct DemoArgs {
+    /// Port for the gateway; 0 picks a free one.
+    #[arg(long, default_value_t = 8300)]
+    pub port: u16,
+    /// Data directory for the demo's SQLite store. Default: `tollgate-demo` under the
+    /// system temp directory.
+    #[arg(long)]
+    pub data_dir: Option<PathBuf>,
+}
+
+/// How the demo wires one emulator in as a provider.
+struct DemoProvider {
+    id: &'static str,
+    kind: ProviderKind,
+    mode: Mode,
+    models: &'static [&'static str],
+}
+
+fn demo_provider(e: EmulatorKind) -> DemoProvider {
+    let p = |id, kind, models| DemoProvider {
+        id,
+        kind,
+        mode: Mode::Native,
+        models,
+    };
+    match e {
+        EmulatorKind::OpenAi => p("openai", ProviderKind::OpenAi, &["gpt-4o-mini", "gpt-4o"]),
+        EmulatorKind::DeepSeek => p(
+            "deepseek",
+            ProviderKind::DeepSeek,
+            &["deepseek-chat", "deepseek-reasoner"],
+        ),
+        EmulatorKind::Moonshot => p(
+            "moonshot",
+            ProviderKind::Moonshot,
+            &["moonshot-v1-8k", "moonshot-v1-32k"],
+        ),
+        EmulatorKind::Mistral => p(
+            "mistral",
+            ProviderKind::Mistral,
+            &["mistral-small-latest", "mistral-large-latest"],
+        ),
+    }
+}
+
+/// The credentials the demo gives each emulator and provider (loopback only).
+const DEMO_KEY: &str = "demo-upstream-key";
+const DEMO_SECRET: &str = "demo-upstream-secret";
+const DEMO_APP: &str = "demo-app";
+
+pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
+    let data_dir = args
+        .data_dir
+        .unwrap_or_else(|| std::env::temp_dir().join("tollgate-demo"));
+    let mut cfg = Config::empty(data_dir.clone());
+    cfg.listen = std::net::SocketAddr::from(([127, 0, 0, 1], args.port));
+    cfg.shutdown_grace = std::time::Duration::from_secs(5);
+    let admin_key = tollgate_store::keys::generate_key()?.replacen("tg-", "tga-", 1);
+    cfg.admin_key = Some(Secret::new(admin_key.clone()));
+
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    for &kind in EmulatorKind::ALL {
+        let listener = tokio::net::TcpListener::bind(("127.0.0.1", 0)).await?;
+        let addr = listener.local_addr()?;
+        let opts = EmulatorOptions {
+            api_key: DEMO_KEY.to_owned(),
+            secret_key: DEMO_SECRET.to_owned(),
+            app_id: DEMO_APP.to_owned(),
+            faults: Faults::default(),
+        };
+        let mut rx = stop_rx.clone();
+        tokio::spawn(tollgate_emulators::serve(
+            listener,
+            router_for(kind, opts),
+            async move {
+                let _ = rx.wait_for(|s| *s).await;
+            },
+        ));
+        let dp = demo_provider(kind);
+        let scheme = if kind.base_path().starts_with("ws") {
+            ""
+        } else {
+            "http://"
+        };
+        cfg.providers.push(ProviderConfig {
+            id: dp.id.to_owned(),
+            kind: dp.kind,
+            mode: dp.mode,
+            base_url: format!("{scheme}{addr}{}", kind.base_path()),
+            credentials: Credentials {
+                api_key: Some(Secret::new(DEMO_KEY)),
+                secret_key: Some(Secret::new(DEMO_SECRET)),
+                app_id: Some(DEMO_APP.to_owned()),
+                access_token: None,
+            },
+            models: dp.models.iter().map(|m| (*m).to_owned()).collect(),
+            model_map: Default::default(),
+            passthrough: false,
+        });
+    }
+
+    let store = Arc::new(SqliteStore::open(&data_dir)?);
+    let (_, key) = store.create_key(&NewKey {
+        name: "demo".to_owned(),
+        models: vec![],
+    })?;
+    let providers: Vec<String> = cfg.providers.iter().map(|p| p.id.clone()).collect();
+    let example_model = cfg
+        .providers
+        .iter()
+        .find(|p| p.id == "deepseek")
+        .and_then(|p| p.models.first().map(|m| format!("{}/{m}", p.id)))
+        .unwrap_or_else(|| "openai/gpt-4o-mini".to_owned());
+    let state = AppState::new(cfg.clone(), store).map_err(anyhow::Error::msg)?;
+    let listener = tokio::net::TcpListener::bind(cfg.listen).await?;
+    let addr = listener.local_addr()?;
+
+    println!(
+        "tollgate demo: gateway on http://{addr}, data in {}",
+        data_dir.display()
+    );
+    println!("emulated providers: {}", providers.join(", "));
+    println!();
+    println!("export OPENAI_BASE_URL=http://{addr}/v1");
+    println!("export OPENAI_API_KEY={key}");
+    println!("export TOLLGATE_ADMIN_KEY={admin_key}");
+    println!();
+    println!("Try:");
+    println!(
+        "  curl -s http://{addr}/v1/chat/completions -H \"Authorization: Bearer $OPENAI_API_KEY\" \\\n    -H 'content-type: application/json' \\\n    -d '{{\"model\":\"{example_model}\",\"messages\":[{{\"role\":\"user\",\"content\":\"Hello!\"}}]}}'"
+    );
+    println!("Ctrl-C stops the demo.");
+    crate::flush_stdout();
+
+    let result = tollgate_server::run(listener, state, crate::shutdown_signal()).await;
+    let _ = stop_tx.send(true);
+    result?;
+    Ok(())
+}

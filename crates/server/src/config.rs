@@ -1,0 +1,398 @@
+//! Configuration: one TOML file, parsed into [`RawConfig`] (unknown keys are errors that
+//! name their path), `${ENV_VAR}` substituted in every string, then validated into a
+//! typed [`Config`] with no leftover options. Secrets are [`Secret`]s and print `*****`.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+use tollgate_core::{ProviderKind, Secret};
+use tollgate_providers::{Credentials, Mode};
+
+/// The file as written. Every key is documented in the README's config reference.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawConfig {
+    /// Address to listen on. Default `127.0.0.1:8300`.
+    pub listen: Option<String>,
+    /// Directory for the SQLite database. Default `./tollgate-data`.
+    pub data_dir: Option<PathBuf>,
+    /// The admin key for `/admin/*` (use `${TOLLGATE_ADMIN_KEY}`). Without it the admin
+    /// API is off.
+    pub admin_key: Option<String>,
+    /// Currency costs are reported in besides the vendor's own: `CNY` or `USD`.
+    pub reporting_currency: Option<String>,
+    /// Largest accepted request body in bytes. Default 8 MiB.
+    pub max_body_bytes: Option<usize>,
+    /// Seconds in-flight requests get to finish after SIGTERM/SIGINT. Default 30.
+    pub shutdown_grace_secs: Option<u64>,
+    /// Upstream timeouts.
+    #[serde(default)]
+    pub timeouts: RawTimeouts,
+    /// Upstream providers, by id (the `provider` in `provider/model`).
+    #[serde(default)]
+    pub providers: BTreeMap<String, RawProvider>,
+}
+
+/// `[timeouts]`, in milliseconds.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawTimeouts {
+    /// TCP (+TLS) connect. Default 5000.
+    pub connect_ms: Option<u64>,
+    /// From sending the request to the response head (the first byte). Default 60000.
+    pub first_byte_ms: Option<u64>,
+    /// Longest silence between two chunks of a body or stream. Default 60000.
+    pub idle_ms: Option<u64>,
+}
+
+/// `[providers.ID]`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawProvider {
+    /// Protocol: one of the twelve vendor ids or `openai_compatible`. Defaults to the
+    /// table's id when that is a known kind.
+    pub kind: Option<String>,
+    /// `native` (default) or `openai` (the vendor's OpenAI-compatible endpoint).
+    pub mode: Option<String>,
+    /// API root. Defaults to the vendor's public endpoint.
+    pub base_url: Option<String>,
+    /// Key, APIKey, SecretId or `id.secret`, as the vendor needs.
+    pub api_key: Option<String>,
+    /// Secret Key, APISecret or SecretKey, for vendors that sign.
+    pub secret_key: Option<String>,
+    /// App id (iFlytek) where needed.
+    pub app_id: Option<String>,
+    /// Model ids this provider serves. Required for `openai_compatible` unless
+    /// `passthrough` is set.
+    #[serde(default)]
+    pub models: Vec<String>,
+    /// Served model id → the id sent upstream (e.g. a Doubao endpoint id `ep-...`).
+    #[serde(default)]
+    pub model_map: BTreeMap<String, String>,
+    /// Accept any model name for this provider and forward it unchanged.
+    #[serde(default)]
+    pub passthrough: bool,
+}
+
+/// Validated configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub listen: SocketAddr,
+    pub data_dir: PathBuf,
+    pub admin_key: Option<Secret>,
+    pub reporting_currency: String,
+    pub max_body_bytes: usize,
+    pub shutdown_grace: Duration,
+    pub timeouts: Timeouts,
+    pub providers: Vec<ProviderConfig>,
+}
+
+/// Upstream timeouts.
+#[derive(Debug, Clone, Copy)]
+pub struct Timeouts {
+    pub connect: Duration,
+    pub first_byte: Duration,
+    pub idle: Duration,
+}
+
+impl Default for Timeouts {
+    fn default() -> Self {
+        Timeouts {
+            connect: Duration::from_secs(5),
+            first_byte: Duration::from_secs(60),
+            idle: Duration::from_secs(60),
+        }
+    }
+}
+
+/// One validated provider.
+#[derive(Debug, Clone)]
+pub struct ProviderConfig {
+    pub id: String,
+    pub kind: ProviderKind,
+    pub mode: Mode,
+    pub base_url: String,
+    pub credentials: Credentials,
+    pub models: Vec<String>,
+    pub model_map: BTreeMap<String, String>,
+    pub passthrough: bool,
+}
+
+impl Config {
+    /// Defaults, no providers.
+    pub fn empty(data_dir: PathBuf) -> Self {
+        Config {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8300)),
+            data_dir,
+            admin_key: None,
+            reporting_currency: "CNY".to_owned(),
+            max_body_bytes: 8 * 1024 * 1024,
+            shutdown_grace: Duration::from_secs(30),
+            timeouts: Timeouts::default(),
+            providers: Vec::new(),
+        }
+    }
+
+    /// Reads, substitutes and validates a config file.
+    pub fn load(path: &Path) -> Result<Config, String> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| format!("cannot read config {}: {e}", path.display()))?;
+        let base = path.parent().unwrap_or(Path::new("."));
+        Config::from_toml(&text, |k| std::env::var(k).ok(), base)
+            .map_err(|e| format!("{}: {e}", path.display()))
+    }
+
+    /// Parses TOML text; `env` resolves `${VAR}`; relative paths are taken from `base`.
+    pub fn from_toml(
+        text: &str,
+        env: impl Fn(&str) -> Option<String>,
+        base: &Path,
+    ) -> Result<Config, String> {
+        let mut value: toml::Value = toml::from_str(text).map_err(|e| e.to_string())?;
+        substitute(&mut value, &env, "")?;
+        let raw: RawConfig = serde_path_to_error::deserialize(value).map_err(|e| {
+            let path = e.path().to_string();
+            if path == "." {
+                e.inner().to_string()
+            } else {
+                format!("{path}: {}", e.inner())
+            }
+        })?;
+        raw.validate(base)
+    }
+}
+
+/// Replaces `${VAR}` and `${VAR:-default}` in every string of `v`.
+fn substitute(
+    v: &mut toml::Value,
+    env: &impl Fn(&str) -> Option<String>,
+    path: &str,
+) -> Result<(), String> {
+    match v {
+        toml::Value::String(s) => {
+            let mut out = String::new();
+            let mut rest = s.as_str();
+            while let Some(start) = rest.find("${") {
+                out.push_str(&rest[..start]);
+                let after = &rest[start + 2..];
+                let end = after
+                    .find('}')
+                    .ok_or_else(|| format!("{path}: unclosed '${{' in value"))?;
+                let expr = &after[..end];
+                let (name, default) = match expr.split_once(":-") {
+                    Some((n, d)) => (n, Some(d)),
+                    None => (expr, None),
+                };
+                match (env(name), default) {
+                    (Some(val), _) => out.push_str(&val),
+                    (None, Some(d)) => out.push_str(d),
+                    (None, None) => {
+                        return Err(format!("{path}: environment variable {name} is not set"))
+                    }
+                }
+                rest = &after[end + 1..];
+            }
+            out.push_str(rest);
+            *s = out;
+        }
+        toml::Value::Array(a) => {
+            for (i, x) in a.iter_mut().enumerate() {
+                substitute(x, env, &format!("{path}[{i}]"))?;
+            }
+        }
+        toml::Value::Table(t) => {
+            for (k, x) in t.iter_mut() {
+                let p = if path.is_empty() {
+                    k.clone()
+                } else {
+                    format!("{path}.{k}")
+                };
+                substitute(x, env, &p)?;
+            }
+        }
+        _ => {}
+    }
+    Ok(())
+}
+
+fn secret(s: Option<String>) -> Option<Secret> {
+    s.filter(|s| !s.is_empty()).map(Secret::new)
+}
+
+impl RawConfig {
+    /// Checks values and fills defaults.
+    pub fn validate(self, base: &Path) -> Result<Config, String> {
+        let listen = match self.listen {
+            Some(l) => l
+                .parse()
+                .map_err(|_| format!("listen: '{l}' is not an address like 127.0.0.1:8300"))?,
+            None => SocketAddr::from(([127, 0, 0, 1], 8300)),
+        };
+        let data_dir = match self.data_dir {
+            Some(d) if d.is_absolute() => d,
+            Some(d) => base.join(d),
+            None => base.join("tollgate-data"),
+        };
+        let reporting_currency = self.reporting_currency.unwrap_or_else(|| "CNY".to_owned());
+        if !matches!(reporting_currency.as_str(), "CNY" | "USD" | "EUR") {
+            return Err(format!(
+                "reporting_currency: '{reporting_currency}' is not CNY, USD or EUR"
+            ));
+        }
+        let max_body_bytes = self.max_body_bytes.unwrap_or(8 * 1024 * 1024);
+        if max_body_bytes < 1024 {
+            return Err("max_body_bytes: must be at least 1024".to_owned());
+        }
+        let d = Timeouts::default();
+        let ms = |v: Option<u64>, dflt: Duration, name: &str| -> Result<Duration, String> {
+            match v {
+                Some(0) => Err(format!("timeouts.{name}: must be more than 0")),
+                Some(v) => Ok(Duration::from_millis(v)),
+                None => Ok(dflt),
+            }
+        };
+        let timeouts = Timeouts {
+            connect: ms(self.timeouts.connect_ms, d.connect, "connect_ms")?,
+            first_byte: ms(self.timeouts.first_byte_ms, d.first_byte, "first_byte_ms")?,
+            idle: ms(self.timeouts.idle_ms, d.idle, "idle_ms")?,
+        };
+        let mut providers = Vec::new();
+        for (id, p) in self.providers {
+            if id.is_empty() || id.contains('/') {
+                return Err(format!(
+                    "providers.{id}: a provider id may not be empty or contain '/'"
+                ));
+            }
+            let kind_name = p.kind.clone().unwrap_or_else(|| id.clone());
+            let kind: ProviderKind = kind_name
+                .parse()
+                .map_err(|e| format!("providers.{id}.kind: {e}"))?;
+            let mode: Mode = match &p.mode {
+                Some(m) => m.parse().map_err(|e| format!("providers.{id}.mode: {e}"))?,
+                None => Mode::Native,
+            };
+            tollgate_providers::codec_for(kind, mode)
+                .map_err(|e| format!("providers.{id}: {e}"))?;
+            let base_url = p
+                .base_url
+                .unwrap_or_else(|| kind.default_base_url().to_owned())
+                .trim_end_matches('/')
+                .to_owned();
+            if !(base_url.starts_with("http://")
+                || base_url.starts_with("https://")
+                || base_url.starts_with("ws://")
+                || base_url.starts_with("wss://"))
+            {
+                return Err(format!(
+                    "providers.{id}.base_url: '{base_url}' is not an http(s) or ws(s) URL"
+                ));
+            }
+            if kind == ProviderKind::OpenAiCompatible && p.models.is_empty() && !p.passthrough {
+                return Err(format!(
+                    "providers.{id}.models: an openai_compatible provider must list its models (or set passthrough = true)"
+                ));
+            }
+            providers.push(ProviderConfig {
+                id,
+                kind,
+                mode,
+                base_url,
+                credentials: Credentials {
+                    api_key: secret(p.api_key),
+                    secret_key: secret(p.secret_key),
+                    app_id: p.app_id.filter(|s| !s.is_empty()),
+                    access_token: None,
+                },
+                models: p.models,
+                model_map: p.model_map,
+                passthrough: p.passthrough,
+            });
+        }
+        Ok(Config {
+            listen,
+            data_dir,
+            admin_key: secret(self.admin_key),
+            reporting_currency,
+            max_body_bytes,
+            shutdown_grace: Duration::from_secs(self.shutdown_grace_secs.unwrap_or(30)),
+            timeouts,
+            providers,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(k: &str) -> Option<String> {
+        (k == "DS_KEY").then(|| "sk-ds".to_owned())
+    }
+
+    #[test]
+    fn parses_substitutes_and_defaults() {
+        let c = Config::from_toml(
+            r#"
+            admin_key = "${ADMIN:-adm}"
+            [providers.deepseek]
+            api_key = "${DS_KEY}"
+            models = ["deepseek-chat"]
+            [providers.local]
+            kind = "openai_compatible"
+            base_url = "http://127.0.0.1:8000/v1/"
+            models = ["llama3"]
+            "#,
+            env,
+            Path::new("/etc/tollgate"),
+        )
+        .unwrap();
+        assert_eq!(c.admin_key.as_ref().map(Secret::expose), Some("adm"));
+        assert_eq!(c.data_dir, PathBuf::from("/etc/tollgate/tollgate-data"));
+        let ds = c.providers.iter().find(|p| p.id == "deepseek").unwrap();
+        assert_eq!(ds.kind, ProviderKind::DeepSeek);
+        assert_eq!(ds.base_url, "https://api.deepseek.com");
+        assert_eq!(
+            ds.credentials.api_key.as_ref().map(Secret::expose),
+            Some("sk-ds")
+        );
+        let local = c.providers.iter().find(|p| p.id == "local").unwrap();
+        assert_eq!(local.base_url, "http://127.0.0.1:8000/v1");
+        // Secrets never print.
+        assert!(!format!("{c:?}").contains("sk-ds"));
+    }
+
+    #[test]
+    fn errors_name_the_path() {
+        let e = Config::from_toml("[providers.openai]\napi_kye = \"x\"\n", env, Path::new("."))
+            .unwrap_err();
+        assert!(e.starts_with("providers.openai"), "{e}");
+        assert!(e.contains("api_kye"), "{e}");
+        let e = Config::from_toml(
+            "[providers.openai]\napi_key = \"${NOPE}\"\n",
+            env,
+            Path::new("."),
+        )
+        .unwrap_err();
+        assert_eq!(
+            e,
+            "providers.openai.api_key: environment variable NOPE is not set"
+        );
+        let e = Config::from_toml("[providers.foo]\n", env, Path::new(".")).unwrap_err();
+        assert!(
+            e.starts_with("providers.foo.kind: unknown provider kind 'foo'"),
+            "{e}"
+        );
+        let e = Config::from_toml("listen = \"nope\"\n", env, Path::new(".")).unwrap_err();
+        assert!(e.starts_with("listen:"), "{e}");
+        let e = Config::from_toml(
+            "[providers.x]\nkind=\"openai_compatible\"\n",
+            env,
+            Path::new("."),
+        )
+        .unwrap_err();
+        assert!(e.contains("must list its models"), "{e}");
+    }
+}

@@ -1,0 +1,218 @@
+//! The gateway's shared state: configured providers with their codecs, the model index
+//! that resolves what a client names, the key cache, the store and the upstream client.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use tokio::time::Instant;
+use tollgate_core::error::ErrorKind;
+use tollgate_core::{GatewayError, ModelRef};
+use tollgate_providers::Codec;
+use tollgate_store::{hash_key, KeyRecord, KeyStore};
+
+use crate::config::{Config, ProviderConfig};
+use crate::upstream::Upstream;
+
+/// A configured provider and its codec.
+pub struct Provider {
+    pub cfg: ProviderConfig,
+    pub codec: Arc<dyn Codec>,
+    /// Models served, as clients name them (after `provider/`).
+    pub models: Vec<String>,
+}
+
+impl Provider {
+    /// The id sent upstream for a served model.
+    pub fn upstream_model(&self, model: &str) -> String {
+        self.cfg
+            .model_map
+            .get(model)
+            .cloned()
+            .unwrap_or_else(|| model.to_owned())
+    }
+
+    fn serves(&self, model: &str) -> bool {
+        self.cfg.passthrough || self.models.iter().any(|m| m == model)
+    }
+}
+
+/// What a client's `model` resolved to.
+pub struct Resolved {
+    pub provider: Arc<Provider>,
+    /// The served model id (without the provider prefix).
+    pub model: String,
+    pub upstream_model: String,
+}
+
+/// Everything a handler needs.
+pub struct AppState {
+    pub config: Config,
+    pub providers: BTreeMap<String, Arc<Provider>>,
+    /// Bare model id → providers serving it.
+    by_model: HashMap<String, Vec<Arc<Provider>>>,
+    pub keys: KeyCache,
+    pub store: Arc<dyn KeyStore>,
+    pub upstream: Upstream,
+}
+
+impl AppState {
+    /// Builds the state; fails when a provider's codec is missing.
+    pub fn new(config: Config, store: Arc<dyn KeyStore>) -> Result<Arc<Self>, String> {
+        let upstream = Upstream::new(config.timeouts)?;
+        let mut providers = BTreeMap::new();
+        let mut by_model: HashMap<String, Vec<Arc<Provider>>> = HashMap::new();
+        for p in &config.providers {
+            let codec = tollgate_providers::codec_for(p.kind, p.mode)
+                .map_err(|e| format!("providers.{}: {e}", p.id))?;
+            let mut models = p.models.clone();
+            for m in p.model_map.keys() {
+                if !models.contains(m) {
+                    models.push(m.clone());
+                }
+            }
+            let prov = Arc::new(Provider {
+                cfg: p.clone(),
+                codec,
+                models: models.clone(),
+            });
+            for m in models {
+                by_model.entry(m).or_default().push(prov.clone());
+            }
+            providers.insert(p.id.clone(), prov);
+        }
+        Ok(Arc::new(AppState {
+            config,
+            providers,
+            by_model,
+            keys: KeyCache::new(Duration::from_millis(500)),
+            store,
+            upstream,
+        }))
+    }
+
+    /// Resolves `provider/model` or a bare model id.
+    pub fn resolve(&self, name: &str) -> Result<Resolved, GatewayError> {
+        let r = ModelRef::parse(name, |p| self.providers.contains_key(p));
+        let not_found = || {
+            GatewayError::new(
+                ErrorKind::NotFound,
+                format!("The model '{name}' does not exist or is not served by this gateway"),
+            )
+            .with_param("model")
+            .with_code("model_not_found")
+        };
+        match r.provider {
+            Some(p) => {
+                let provider = self.providers.get(p).ok_or_else(not_found)?;
+                if !provider.serves(r.model) {
+                    return Err(not_found());
+                }
+                Ok(Resolved {
+                    upstream_model: provider.upstream_model(r.model),
+                    model: r.model.to_owned(),
+                    provider: provider.clone(),
+                })
+            }
+            None => {
+                let serving = self.by_model.get(r.model).map(Vec::as_slice).unwrap_or(&[]);
+                match serving {
+                    [one] => Ok(Resolved {
+                        upstream_model: one.upstream_model(r.model),
+                        model: r.model.to_owned(),
+                        provider: one.clone(),
+                    }),
+                    [] => Err(not_found()),
+                    many => {
+                        let ids: Vec<_> = many
+                            .iter()
+                            .map(|p| format!("{}/{}", p.cfg.id, r.model))
+                            .collect();
+                        Err(GatewayError::invalid_param(
+                            "model",
+                            &format!(
+                                "The model '{name}' is served by several providers; name one of: {}",
+                                ids.join(", ")
+                            ),
+                        ))
+                    }
+                }
+            }
+        }
+    }
+
+    /// Authenticates a presented key.
+    pub async fn authenticate(
+        self: &Arc<Self>,
+        presented: Option<&str>,
+    ) -> Result<KeyRecord, GatewayError> {
+        let key = presented.filter(|k| !k.is_empty()).ok_or_else(|| {
+            GatewayError::unauthenticated(
+                "You didn't provide an API key. Send it as 'Authorization: Bearer KEY'.",
+            )
+        })?;
+        let hash = hash_key(key);
+        let rec = match self.keys.get(&hash) {
+            Some(r) => r,
+            None => {
+                let store = self.store.clone();
+                let h = hash.clone();
+                let found = tokio::task::spawn_blocking(move || store.find_key(&h))
+                    .await
+                    .map_err(|_| GatewayError::internal())?
+                    .map_err(|e| {
+                        tracing::error!(error = %e, "key lookup failed");
+                        GatewayError::internal()
+                    })?;
+                self.keys.put(hash, found.clone());
+                found
+            }
+        };
+        match rec {
+            Some(r) if r.is_active() => Ok(r),
+            Some(_) => Err(GatewayError::unauthenticated(
+                "This API key has been revoked.",
+            )),
+            None => Err(GatewayError::unauthenticated("Incorrect API key provided.")),
+        }
+    }
+}
+
+/// Key records by hash, each trusted for `ttl`: a key revoked elsewhere (the CLI, another
+/// replica) stops working within `ttl`. Unknown keys are cached too, so a flood of bad
+/// keys does not become a flood of database reads.
+pub struct KeyCache {
+    ttl: Duration,
+    map: RwLock<HashMap<String, (Instant, Option<KeyRecord>)>>,
+}
+
+impl KeyCache {
+    pub fn new(ttl: Duration) -> Self {
+        KeyCache {
+            ttl,
+            map: RwLock::new(HashMap::new()),
+        }
+    }
+
+    fn get(&self, hash: &str) -> Option<Option<KeyRecord>> {
+        let map = self.map.read().ok()?;
+        let (at, rec) = map.get(hash)?;
+        (at.elapsed() < self.ttl).then(|| rec.clone())
+    }
+
+    pub fn put(&self, hash: String, rec: Option<KeyRecord>) {
+        if let Ok(mut map) = self.map.write() {
+            if map.len() > 100_000 {
+                map.clear();
+            }
+            map.insert(hash, (Instant::now(), rec));
+        }
+    }
+
+    /// Forgets everything (after a revocation through this process).
+    pub fn clear(&self) {
+        if let Ok(mut map) = self.map.write() {
+            map.clear();
+        }
+    }
+}

@@ -1,0 +1,137 @@
+//! Virtual API keys. A key is shown once, at creation; only its SHA-256 is stored.
+//!
+//! Keys are 32 random base62 characters (about 190 bits) behind the prefix `tg-`, so a
+//! plain SHA-256 is enough (no salt or slow hash is needed for secrets this long: there
+//! is nothing to brute-force). The first 8 characters are kept in clear as a `prefix`,
+//! so people can tell keys apart in listings.
+
+use serde::Serialize;
+use sha2::{Digest, Sha256};
+
+use crate::StoreError;
+
+/// A stored key (never the key itself).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct KeyRecord {
+    /// Stable id, e.g. `key_01J...`.
+    pub id: String,
+    pub name: String,
+    /// The first characters of the key, e.g. `tg-AbC12`, for people to recognise it.
+    pub prefix: String,
+    /// Models the key may use (`provider/model`, `provider/*`, or a bare model id);
+    /// empty means every model.
+    pub models: Vec<String>,
+    /// Unix seconds.
+    pub created_at: i64,
+    /// Unix seconds; set once revoked.
+    pub revoked_at: Option<i64>,
+}
+
+impl KeyRecord {
+    /// Whether the key may use `provider/model` (also matched by its bare id).
+    pub fn allows(&self, provider: &str, model: &str) -> bool {
+        self.models.is_empty()
+            || self.models.iter().any(|m| {
+                m == "*"
+                    || m == model
+                    || match m.split_once('/') {
+                        Some((p, rest)) => p == provider && (rest == "*" || rest == model),
+                        None => false,
+                    }
+            })
+    }
+
+    pub fn is_active(&self) -> bool {
+        self.revoked_at.is_none()
+    }
+}
+
+/// What `keys create` asks for.
+#[derive(Debug, Clone, Default)]
+pub struct NewKey {
+    pub name: String,
+    pub models: Vec<String>,
+}
+
+/// Keys, whatever the backend.
+pub trait KeyStore: Send + Sync {
+    /// Creates a key; returns its record and the key itself (shown once).
+    fn create_key(&self, new: &NewKey) -> Result<(KeyRecord, String), StoreError>;
+    /// Every key, newest first.
+    fn list_keys(&self) -> Result<Vec<KeyRecord>, StoreError>;
+    /// Revokes the key whose id, name or prefix is `which`; returns the record.
+    fn revoke_key(&self, which: &str) -> Result<KeyRecord, StoreError>;
+    /// The key with this hash, revoked or not.
+    fn find_key(&self, hash: &str) -> Result<Option<KeyRecord>, StoreError>;
+}
+
+/// The stored form of a key: lowercase hex SHA-256.
+pub fn hash_key(key: &str) -> String {
+    hex::encode(Sha256::digest(key.as_bytes()))
+}
+
+const BASE62: &[u8] = b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz";
+
+/// A new random key, `tg-` + 32 base62 characters.
+pub fn generate_key() -> Result<String, StoreError> {
+    let mut out = String::from("tg-");
+    let mut buf = [0u8; 64];
+    getrandom::getrandom(&mut buf).map_err(|e| StoreError::Random(e.to_string()))?;
+    // Rejection sampling keeps the distribution uniform (248 = 4 * 62).
+    for b in buf {
+        if out.len() == 35 {
+            break;
+        }
+        if b < 248 {
+            out.push(BASE62[(b % 62) as usize] as char);
+        }
+    }
+    if out.len() < 35 {
+        return generate_key();
+    }
+    Ok(out)
+}
+
+/// A time-ordered id with a prefix: unix milliseconds then random bits, hex.
+pub fn new_id(prefix: &str, now_ms: i64) -> Result<String, StoreError> {
+    let mut r = [0u8; 6];
+    getrandom::getrandom(&mut r).map_err(|e| StoreError::Random(e.to_string()))?;
+    Ok(format!("{prefix}_{now_ms:012x}{}", hex::encode(r)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_are_random_and_well_formed() {
+        let a = generate_key().unwrap();
+        let b = generate_key().unwrap();
+        assert_ne!(a, b);
+        assert_eq!(a.len(), 35);
+        assert!(a[3..].bytes().all(|c| c.is_ascii_alphanumeric()));
+        assert_eq!(hash_key("x").len(), 64);
+    }
+
+    #[test]
+    fn model_allow_lists() {
+        let mut k = KeyRecord {
+            id: "k".into(),
+            name: "n".into(),
+            prefix: "tg-".into(),
+            models: vec![],
+            created_at: 0,
+            revoked_at: None,
+        };
+        assert!(k.allows("openai", "gpt-4o"));
+        k.models = vec![
+            "deepseek/*".into(),
+            "openai/gpt-4o-mini".into(),
+            "glm-4-flash".into(),
+        ];
+        assert!(k.allows("deepseek", "deepseek-chat"));
+        assert!(k.allows("openai", "gpt-4o-mini"));
+        assert!(!k.allows("openai", "gpt-4o"));
+        assert!(k.allows("zhipu", "glm-4-flash"));
+    }
+}
