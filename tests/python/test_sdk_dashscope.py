@@ -28,7 +28,7 @@ TOOLS = [
 ]
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture
 def base(emulator):
     root = emulator("dashscope")
     # A module global, read at call time by the 1.x API.
@@ -128,7 +128,7 @@ def test_wrong_key_returns_invalid_api_key(base):
     assert r.message == "Invalid API-key provided."
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture
 def compat(base):
     openai = pytest.importorskip("openai")
     return openai, base + "/compatible-mode/v1"

@@ -25,7 +25,7 @@ TOOLS = [
 ]
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture
 def base(emulator):
     return emulator("doubao")
 

@@ -36,7 +36,7 @@ def client(base, key=KEY, jwt=False):
     )
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture
 def base(emulator):
     return emulator("zhipu")
 

@@ -56,6 +56,36 @@ fn demo_provider(e: EmulatorKind) -> DemoProvider {
             ProviderKind::Mistral,
             &["mistral-small-latest", "mistral-large-latest"],
         ),
+        EmulatorKind::Zhipu => p("zhipu", ProviderKind::Zhipu, &["glm-4-flash", "glm-4-plus"]),
+        EmulatorKind::Doubao => p(
+            "doubao",
+            ProviderKind::Doubao,
+            &["doubao-1.5-pro-32k", "doubao-seed-1.6"],
+        ),
+        EmulatorKind::DashScope => p("qwen", ProviderKind::Qwen, &["qwen-plus", "qwen-turbo"]),
+    }
+}
+
+/// The key the demo's provider sends: Zhipu's is a console key `id.secret` (from which
+/// it signs JWTs); the Zhipu emulator accepts `api_key.secret_key` as that key.
+fn demo_api_key(kind: EmulatorKind) -> String {
+    match kind {
+        EmulatorKind::Zhipu => format!("{DEMO_KEY}.{DEMO_SECRET}"),
+        _ => DEMO_KEY.to_owned(),
+    }
+}
+
+/// Served model → upstream id. Doubao shows the usual Ark set-up: a catalog model
+/// served through the user's inference endpoint id.
+fn demo_model_map(kind: EmulatorKind) -> std::collections::BTreeMap<String, String> {
+    match kind {
+        EmulatorKind::Doubao => [(
+            "doubao-1.5-pro-32k".to_owned(),
+            "ep-20250118155555-demo0".to_owned(),
+        )]
+        .into_iter()
+        .collect(),
+        _ => Default::default(),
     }
 }
 
@@ -104,13 +134,13 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
             mode: dp.mode,
             base_url: format!("{scheme}{addr}{}", kind.base_path()),
             credentials: Credentials {
-                api_key: Some(Secret::new(DEMO_KEY)),
+                api_key: Some(Secret::new(demo_api_key(kind))),
                 secret_key: Some(Secret::new(DEMO_SECRET)),
                 app_id: Some(DEMO_APP.to_owned()),
                 access_token: None,
             },
             models: dp.models.iter().map(|m| (*m).to_owned()).collect(),
-            model_map: Default::default(),
+            model_map: demo_model_map(kind),
             passthrough: false,
         });
     }
