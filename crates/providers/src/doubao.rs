@@ -189,7 +189,7 @@ mod tests {
         assert_eq!(
             serde_json::to_value(&r).unwrap(),
             json!({"id":"0217361570617","object":"chat.completion","created":1736157062,"model":"doubao-seed-1-6-251015",
-              "choices":[{"index":0,"message":{"role":"assistant","content":"你好"},"finish_reason":"stop","logprobs":null}],
+              "choices":[{"index":0,"message":{"role":"assistant","content":"你好","refusal":null},"finish_reason":"stop","logprobs":null}],
               "usage":{"prompt_tokens":12,"completion_tokens":2,"total_tokens":14,
                 "prompt_tokens_details":{"cached_tokens":0},"completion_tokens_details":{"reasoning_tokens":0}}})
         );

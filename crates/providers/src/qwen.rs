@@ -799,7 +799,7 @@ mod tests {
             serde_json::to_value(&r).unwrap(),
             json!({"id":"d18b7c0e-94ad-9b5e-9d4b-8a2d2f2b2e1a","object":"chat.completion","created":7,"model":"qwen-plus",
               "choices":[{"index":0,"message":{"role":"assistant","content":"",
-                "tool_calls":[{"id":"call_f0b3","type":"function","function":{"name":"get_weather","arguments":"{\"city\":\"Hangzhou\"}"}}]},
+                "refusal":null,"tool_calls":[{"id":"call_f0b3","type":"function","function":{"name":"get_weather","arguments":"{\"city\":\"Hangzhou\"}"}}]},
                 "finish_reason":"tool_calls","logprobs":null}],
               "usage":{"prompt_tokens":230,"completion_tokens":20,"total_tokens":250,
                 "prompt_tokens_details":{"cached_tokens":128},"completion_tokens_details":{"reasoning_tokens":0}}})
@@ -843,7 +843,7 @@ mod tests {
         assert_eq!(
             serde_json::to_value(&r).unwrap(),
             json!({"id":"a195","object":"chat.completion","created":7,"model":"qwen-plus",
-              "choices":[{"index":0,"message":{"role":"assistant","content":"你好！","reasoning_content":"The"},
+              "choices":[{"index":0,"message":{"role":"assistant","content":"你好！","reasoning_content":"The","refusal":null},
                 "finish_reason":"stop","logprobs":null}],
               "usage":{"prompt_tokens":287,"completion_tokens":6,"total_tokens":293,
                 "prompt_tokens_details":{"cached_tokens":0},"completion_tokens_details":{"reasoning_tokens":1}}})

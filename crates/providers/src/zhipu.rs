@@ -506,7 +506,7 @@ mod tests {
             serde_json::to_value(&r).unwrap(),
             json!({"id":"8239375684858666781","object":"chat.completion","created":1703487403,"model":"glm-4",
               "choices":[{"index":0,"message":{"role":"assistant","content":null,
-                "tool_calls":[{"id":"call_8239375684858666781","type":"function","function":{"name":"get_weather","arguments":"{\"location\":\"Beijing\"}"}}]},
+                "refusal":null,"tool_calls":[{"id":"call_8239375684858666781","type":"function","function":{"name":"get_weather","arguments":"{\"location\":\"Beijing\"}"}}]},
                 "finish_reason":"tool_calls","logprobs":null}],
               "usage":{"prompt_tokens":150,"completion_tokens":22,"total_tokens":172,
                 "prompt_tokens_details":{"cached_tokens":0},"completion_tokens_details":{"reasoning_tokens":0}}})
