@@ -548,3 +548,84 @@ async fn compatible(State(s): State<Arc<EmuState>>, headers: HeaderMap, body: By
     }
     stream_response("text/event-stream", f.latency, f.chunk_interval, out)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use axum::body::Body;
+    use axum::http::Request;
+    use tower::ServiceExt;
+
+    async fn post(path: &str, headers: &[(&str, &str)], body: Value) -> (u16, String, String) {
+        let mut b = Request::post(path).header("authorization", "Bearer emulator-key");
+        for (k, v) in headers {
+            b = b.header(*k, *v);
+        }
+        let r = router(EmulatorOptions::default())
+            .oneshot(b.body(Body::from(body.to_string())).unwrap())
+            .await
+            .unwrap();
+        let status = r.status().as_u16();
+        let ct = r.headers()["content-type"].to_str().unwrap().to_owned();
+        let bytes = axum::body::to_bytes(r.into_body(), 1 << 20).await.unwrap();
+        (status, ct, String::from_utf8(bytes.to_vec()).unwrap())
+    }
+
+    const GEN: &str = "/api/v1/services/aigc/text-generation/generation";
+
+    #[tokio::test]
+    async fn native_stream_framing_is_dashscope_s() {
+        let req = json!({"model":"qwen-plus","input":{"messages":[{"role":"user","content":"hi"}]},
+            "parameters":{"result_format":"message","incremental_output":true}});
+        let (status, ct, body) = post(GEN, &[("x-dashscope-sse", "enable")], req.clone()).await;
+        assert_eq!((status, ct.as_str()), (200, SSE));
+        assert!(body.starts_with("id:1\nevent:result\n:HTTP_STATUS/200\ndata:{"));
+        assert!(!body.contains("[DONE]") && !body.contains("data: "));
+        let events: Vec<Value> = body
+            .lines()
+            .filter_map(|l| l.strip_prefix("data:"))
+            .map(|d| serde_json::from_str(d).unwrap())
+            .collect();
+        assert_eq!(events[0]["output"]["choices"][0]["finish_reason"], "null");
+        assert_eq!(
+            events.last().unwrap()["output"]["choices"][0]["finish_reason"],
+            "stop"
+        );
+        assert!(events
+            .iter()
+            .all(|e| e["usage"]["input_tokens"].as_u64() > Some(0)));
+
+        let (_, _, body) = post(
+            GEN,
+            &[
+                ("x-dashscope-sse", "enable"),
+                ("x-emulator-fault", "stream_error_after=1"),
+            ],
+            req,
+        )
+        .await;
+        assert!(body.contains("\nevent:error\n"), "{body}");
+    }
+
+    #[tokio::test]
+    async fn native_errors_are_flat() {
+        let (status, ct, body) = post(
+            GEN,
+            &[],
+            json!({"model":"gpt-4o","input":{"messages":[{"role":"user","content":"hi"}]}}),
+        )
+        .await;
+        assert_eq!((status, ct.as_str()), (400, "application/json"));
+        let v: Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(
+            (v["code"].as_str(), v["message"].as_str()),
+            (Some("InvalidParameter"), Some("Model not exist."))
+        );
+        let (status, _, body) = post(GEN, &[("x-emulator-fault", "status=429")], json!({})).await;
+        let v: Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(
+            (status, v["code"].as_str()),
+            (429, Some("Throttling.RateQuota"))
+        );
+    }
+}

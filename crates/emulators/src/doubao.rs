@@ -287,3 +287,47 @@ async fn chat(State(s): State<Arc<EmuState>>, headers: HeaderMap, body: Bytes) -
     }
     stream_response("text/event-stream", f.latency, f.chunk_interval, pieces)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use axum::body::Body;
+    use axum::http::Request;
+    use tower::ServiceExt;
+
+    async fn post(body: Value) -> (u16, Value) {
+        let r = router(EmulatorOptions::default())
+            .oneshot(
+                Request::post("/api/v3/chat/completions")
+                    .header("authorization", "Bearer emulator-key")
+                    .body(Body::from(body.to_string()))
+                    .unwrap(),
+            )
+            .await
+            .unwrap();
+        let status = r.status().as_u16();
+        let bytes = axum::body::to_bytes(r.into_body(), 1 << 20).await.unwrap();
+        (status, serde_json::from_slice(&bytes).unwrap())
+    }
+
+    #[tokio::test]
+    async fn explicit_nulls_and_unknown_fields_are_fine() {
+        let (status, v) = post(
+            json!({"model":"ep-20250101000000-x","messages":[{"role":"user","content":"hi"}],
+            "stream":null,"max_tokens":null,"tools":null,"tool_choice":null,"thinking":null,
+            "stream_options":null,"frequency_penalty":null,"some_future_field":1}),
+        )
+        .await;
+        assert_eq!(status, 200, "{v}");
+        assert!(v["usage"]["total_tokens"].as_u64() > Some(0));
+    }
+
+    #[tokio::test]
+    async fn unknown_model_is_invalid_endpoint() {
+        let (status, v) =
+            post(json!({"model":"gpt-4o","messages":[{"role":"user","content":"hi"}]})).await;
+        assert_eq!(status, 404);
+        assert_eq!(v["error"]["code"], "InvalidEndpointOrModel.NotFound");
+        assert_eq!(v["error"]["type"], "NotFound");
+    }
+}

@@ -366,3 +366,65 @@ mod tests {
         );
     }
 }
+
+#[cfg(test)]
+mod router_tests {
+    use super::*;
+    use axum::body::Body;
+    use axum::http::Request;
+    use tollgate_providers::zhipu::mint_jwt;
+    use tower::ServiceExt;
+
+    async fn post(auth: &str, body: Value) -> (u16, String) {
+        let r = router(EmulatorOptions::default())
+            .oneshot(
+                Request::post("/api/paas/v4/chat/completions")
+                    .header("authorization", auth)
+                    .header("accept", "application/json")
+                    .body(Body::from(body.to_string()))
+                    .unwrap(),
+            )
+            .await
+            .unwrap();
+        let status = r.status().as_u16();
+        let bytes = axum::body::to_bytes(r.into_body(), 1 << 20).await.unwrap();
+        (status, String::from_utf8(bytes.to_vec()).unwrap())
+    }
+
+    #[tokio::test]
+    async fn streams_despite_accept_json_and_ends_with_done() {
+        let key = console_key(&EmulatorOptions::default());
+        let jwt = mint_jwt(&key, chrono::Utc::now().timestamp_millis()).unwrap();
+        let (status, body) = post(
+            &format!("Bearer {jwt}"),
+            json!({"model":"glm-4-flash","messages":[{"role":"user","content":"hi"}],"stream":true,
+                "response_format":null,"thinking":null}),
+        )
+        .await;
+        assert_eq!(status, 200);
+        assert!(body.ends_with("data: [DONE]\n\n"));
+        let last: Value = body
+            .lines()
+            .filter_map(|l| l.strip_prefix("data: "))
+            .filter(|d| *d != "[DONE]")
+            .map(|d| serde_json::from_str(d).unwrap())
+            .last()
+            .unwrap();
+        assert_eq!(last["choices"][0]["finish_reason"], "stop");
+        assert!(last["usage"]["completion_tokens"].as_u64() > Some(0));
+    }
+
+    #[tokio::test]
+    async fn an_expired_jwt_is_1003() {
+        let key = console_key(&EmulatorOptions::default());
+        let jwt = mint_jwt(&key, chrono::Utc::now().timestamp_millis() - 300_000).unwrap();
+        let (status, body) = post(
+            &format!("Bearer {jwt}"),
+            json!({"model":"glm-4","messages":[{"role":"user","content":"hi"}]}),
+        )
+        .await;
+        assert_eq!(status, 401);
+        let v: Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(v["error"]["code"], "1003");
+    }
+}
