@@ -407,8 +407,8 @@ mod router_tests {
             .lines()
             .filter_map(|l| l.strip_prefix("data: "))
             .filter(|d| *d != "[DONE]")
+            .next_back()
             .map(|d| serde_json::from_str(d).unwrap())
-            .last()
             .unwrap();
         assert_eq!(last["choices"][0]["finish_reason"], "stop");
         assert!(last["usage"]["completion_tokens"].as_u64() > Some(0));
