@@ -406,8 +406,7 @@ mod router_tests {
         let last: Value = body
             .lines()
             .filter_map(|l| l.strip_prefix("data: "))
-            .filter(|d| *d != "[DONE]")
-            .next_back()
+            .rfind(|d| *d != "[DONE]")
             .map(|d| serde_json::from_str(d).unwrap())
             .unwrap();
         assert_eq!(last["choices"][0]["finish_reason"], "stop");
