@@ -2,15 +2,14 @@
 //! with a fresh demo key, so a newcomer can try everything with no keys and no network.
 
 use std::path::PathBuf;
-use std::sync::Arc;
 
 use clap::Args;
 use tollgate_core::{ProviderKind, Secret};
 use tollgate_emulators::{router_for, EmulatorKind, EmulatorOptions, Faults};
 use tollgate_providers::{Credentials, Mode};
 use tollgate_server::config::ProviderConfig;
-use tollgate_server::{AppState, Config};
-use tollgate_store::{KeyStore, NewKey, SqliteStore};
+use tollgate_server::{AppState, Config, Stores};
+use tollgate_store::NewKey;
 
 /// Options of `tollgate demo`.
 #[derive(Debug, Args)]
@@ -24,45 +23,28 @@ pub struct DemoArgs {
     pub data_dir: Option<PathBuf>,
 }
 
-/// How the demo wires one emulator in as a provider.
+/// How the demo wires one emulator in as a provider. Each serves every catalog model of
+/// its vendor.
 struct DemoProvider {
     id: &'static str,
     kind: ProviderKind,
     mode: Mode,
-    models: &'static [&'static str],
 }
 
 fn demo_provider(e: EmulatorKind) -> DemoProvider {
-    let p = |id, kind, models| DemoProvider {
+    let p = |id, kind| DemoProvider {
         id,
         kind,
         mode: Mode::Native,
-        models,
     };
     match e {
-        EmulatorKind::OpenAi => p("openai", ProviderKind::OpenAi, &["gpt-4o-mini", "gpt-4o"]),
-        EmulatorKind::DeepSeek => p(
-            "deepseek",
-            ProviderKind::DeepSeek,
-            &["deepseek-chat", "deepseek-reasoner"],
-        ),
-        EmulatorKind::Moonshot => p(
-            "moonshot",
-            ProviderKind::Moonshot,
-            &["moonshot-v1-8k", "moonshot-v1-32k"],
-        ),
-        EmulatorKind::Mistral => p(
-            "mistral",
-            ProviderKind::Mistral,
-            &["mistral-small-latest", "mistral-large-latest"],
-        ),
-        EmulatorKind::Zhipu => p("zhipu", ProviderKind::Zhipu, &["glm-4-flash", "glm-4-plus"]),
-        EmulatorKind::Doubao => p(
-            "doubao",
-            ProviderKind::Doubao,
-            &["doubao-1.5-pro-32k", "doubao-seed-1.6"],
-        ),
-        EmulatorKind::DashScope => p("qwen", ProviderKind::Qwen, &["qwen-plus", "qwen-turbo"]),
+        EmulatorKind::OpenAi => p("openai", ProviderKind::OpenAi),
+        EmulatorKind::DeepSeek => p("deepseek", ProviderKind::DeepSeek),
+        EmulatorKind::Moonshot => p("moonshot", ProviderKind::Moonshot),
+        EmulatorKind::Mistral => p("mistral", ProviderKind::Mistral),
+        EmulatorKind::Zhipu => p("zhipu", ProviderKind::Zhipu),
+        EmulatorKind::Doubao => p("doubao", ProviderKind::Doubao),
+        EmulatorKind::DashScope => p("qwen", ProviderKind::Qwen),
     }
 }
 
@@ -139,16 +121,16 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
                 app_id: Some(DEMO_APP.to_owned()),
                 access_token: None,
             },
-            models: dp.models.iter().map(|m| (*m).to_owned()).collect(),
+            models: Vec::new(),
             model_map: demo_model_map(kind),
             passthrough: false,
         });
     }
 
-    let store = Arc::new(SqliteStore::open(&data_dir)?);
-    let (_, key) = store.create_key(&NewKey {
+    let stores = Stores::sqlite(&data_dir)?;
+    let (_, key) = stores.keys.create_key(&NewKey {
         name: "demo".to_owned(),
-        models: vec![],
+        ..Default::default()
     })?;
     let providers: Vec<String> = cfg.providers.iter().map(|p| p.id.clone()).collect();
     let example_model = cfg
@@ -157,7 +139,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
         .find(|p| p.id == "deepseek")
         .and_then(|p| p.models.first().map(|m| format!("{}/{m}", p.id)))
         .unwrap_or_else(|| "openai/gpt-4o-mini".to_owned());
-    let state = AppState::new(cfg.clone(), store).map_err(anyhow::Error::msg)?;
+    let state = AppState::new(cfg.clone(), stores).map_err(anyhow::Error::msg)?;
     let listener = tokio::net::TcpListener::bind(cfg.listen).await?;
     let addr = listener.local_addr()?;
 

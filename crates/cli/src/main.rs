@@ -6,7 +6,9 @@
 mod demo;
 mod emulate;
 mod keys;
+mod prices;
 mod serve;
+mod usage;
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -31,6 +33,10 @@ enum Command {
     Demo(demo::DemoArgs),
     /// Manage virtual API keys (create, list, revoke) in the store.
     Keys(keys::KeysArgs),
+    /// Show prices from the dated catalog: at any date, in any currency, with history.
+    Prices(prices::PricesArgs),
+    /// Report spend and usage from the ledger, by key, model, provider, day or request.
+    Usage(usage::UsageArgs),
     /// Run one vendor's API emulator (for tests, demos and benchmarks).
     Emulate(emulate::EmulateArgs),
 }
@@ -119,6 +125,8 @@ fn main() -> std::process::ExitCode {
                 demo::run(a).await
             }
             Command::Keys(a) => keys::run(a).await,
+            Command::Prices(a) => prices::run(a),
+            Command::Usage(a) => usage::run(a),
             Command::Emulate(a) => {
                 init_logging("warn");
                 emulate::run(a).await

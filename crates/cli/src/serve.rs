@@ -1,11 +1,8 @@
 //! `tollgate serve`: the gateway from a config file.
 
-use std::sync::Arc;
-
 use clap::Args;
 use tollgate_core::Secret;
-use tollgate_server::AppState;
-use tollgate_store::SqliteStore;
+use tollgate_server::{AppState, Stores};
 
 use crate::StoreArgs;
 
@@ -31,10 +28,10 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
             }
         }
     }
-    let store = Arc::new(SqliteStore::open(&cfg.data_dir)?);
+    let stores = Stores::sqlite(&cfg.data_dir)?;
     let listen = cfg.listen;
     let providers = cfg.providers.len();
-    let state = AppState::new(cfg, store).map_err(anyhow::Error::msg)?;
+    let state = AppState::new(cfg, stores).map_err(anyhow::Error::msg)?;
     let listener = tokio::net::TcpListener::bind(listen).await?;
     let addr = listener.local_addr()?;
     println!("tollgate listening on http://{addr} ({providers} providers)");

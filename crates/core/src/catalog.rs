@@ -26,6 +26,7 @@ use serde::Serialize;
 use crate::money::{Currency, Decimal};
 
 pub use fx::{Conversion, FxEntry, FxError, FxTable, YearMonth};
+pub use parse::zone_offset;
 
 /// The shipped catalog, one file per vendor plus the FX table.
 const EMBEDDED: [(&str, &str); 13] = [

@@ -8,14 +8,14 @@ use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 use tollgate_core::error::ErrorKind;
 use tollgate_core::GatewayError;
-use tollgate_store::{NewKey, StoreError};
+use tollgate_store::{BudgetSpec, NewKey, StoreError};
 
 use crate::chat::{created, decode_json, presented_key, read_body};
 use crate::error::ApiError;
 use crate::state::AppState;
 
 /// Checks the admin key in constant time.
-fn admin(state: &AppState, headers: &HeaderMap) -> Result<(), GatewayError> {
+pub fn check_admin(state: &AppState, headers: &HeaderMap) -> Result<(), GatewayError> {
     let Some(expected) = state.config.admin_key.as_ref() else {
         return Err(GatewayError::new(
             ErrorKind::PermissionDenied,
@@ -59,7 +59,7 @@ pub async fn list_keys(
     State(state): State<Arc<AppState>>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    admin(&state, &headers)?;
+    check_admin(&state, &headers)?;
     let store = state.store.clone();
     let keys = blocking(move || store.list_keys()).await?;
     Ok(axum::Json(serde_json::json!({"object": "list", "data": keys})).into_response())
@@ -71,6 +71,21 @@ struct CreateKey {
     name: String,
     #[serde(default)]
     models: Vec<String>,
+    #[serde(default)]
+    group: Option<String>,
+    /// Budget amount as decimal text (`"500"`); with `currency` and `period`.
+    #[serde(default)]
+    budget: Option<String>,
+    #[serde(default)]
+    currency: Option<String>,
+    #[serde(default)]
+    period: Option<String>,
+    #[serde(default)]
+    time_zone: Option<String>,
+    #[serde(default)]
+    rpm: Option<u32>,
+    #[serde(default)]
+    tpm: Option<u32>,
 }
 
 /// `POST /admin/keys` `{"name": "...", "models": ["deepseek/*"]}` → 201 with the key,
@@ -80,18 +95,56 @@ pub async fn create_key(
     headers: HeaderMap,
     body: axum::body::Body,
 ) -> Result<Response, ApiError> {
-    admin(&state, &headers)?;
+    check_admin(&state, &headers)?;
     let bytes = read_body(body, 64 * 1024).await?;
     let req: CreateKey = decode_json(&bytes)?;
+    let budget = budget_spec(req.budget, req.currency, req.period, req.time_zone)?;
     let store = state.store.clone();
     let new = NewKey {
         name: req.name,
         models: req.models,
+        group: req.group,
+        budget,
+        rpm: req.rpm,
+        tpm: req.tpm,
     };
     let (rec, key) = blocking(move || store.create_key(&new)).await?;
     let mut v = serde_json::to_value(&rec).map_err(|_| GatewayError::internal())?;
     v["key"] = serde_json::Value::String(key);
     Ok(created(&v))
+}
+
+/// Validates budget fields into a [`BudgetSpec`]: all three or none.
+pub fn budget_spec(
+    amount: Option<String>,
+    currency: Option<String>,
+    period: Option<String>,
+    time_zone: Option<String>,
+) -> Result<Option<BudgetSpec>, GatewayError> {
+    let Some(amount) = amount else {
+        if currency.is_some() || period.is_some() {
+            return Err(GatewayError::invalid_param(
+                "budget",
+                "'currency' and 'period' need a 'budget' amount",
+            ));
+        }
+        return Ok(None);
+    };
+    let spec = BudgetSpec {
+        amount,
+        currency: currency.unwrap_or_else(|| "CNY".to_owned()),
+        period: period.unwrap_or_else(|| "month".to_owned()),
+        time_zone,
+    };
+    let b = crate::metering::parse_budget("key:new", "new key", &spec)
+        .map_err(|_| GatewayError::invalid_param("budget", "invalid budget: amount must be a decimal number, currency CNY, USD or EUR, period day, month or total, time_zone like Asia/Shanghai or +08:00"))?;
+    if b.limit.nanos <= 0 {
+        return Err(GatewayError::invalid_param(
+            "budget",
+            "the budget must be more than 0",
+        ));
+    }
+    Ok(Some(spec))
 }
 
 /// `DELETE /admin/keys/{id}` (id, name or prefix): revokes at once in this process and
@@ -101,7 +154,7 @@ pub async fn revoke_key(
     headers: HeaderMap,
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
-    admin(&state, &headers)?;
+    check_admin(&state, &headers)?;
     let store = state.store.clone();
     let rec = blocking(move || store.revoke_key(&id)).await?;
     state.keys.clear();

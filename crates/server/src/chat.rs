@@ -20,7 +20,10 @@ use tollgate_providers::{DecodeCtx, EncodeCtx, Outbound, StreamDecoder, StreamEv
 use tollgate_store::KeyRecord;
 
 use crate::error::ApiError;
+use crate::metering::{self, Outcome, Ticket};
 use crate::state::{AppState, Resolved};
+use crate::tokens;
+use crate::upstream::UpstreamBody;
 use crate::RequestId;
 
 /// Largest upstream body read for a non-stream answer.
@@ -102,8 +105,8 @@ pub async fn chat_completions(
     req.validate()?;
     let resolved = state.resolve(&req.model)?;
     authorize(&key, &resolved)?;
-    let out = complete(&state, &rid, &req, &resolved).await?;
-    Ok(out)
+    let ticket = metering::admit(&state, &rid, &key, &req, &resolved).await?;
+    Ok(complete(&state, &rid, &req, &resolved, ticket).await?)
 }
 
 /// 403 when the key may not use the model.
@@ -128,159 +131,344 @@ fn upstream_err(r: &Resolved, e: &UpstreamError) -> GatewayError {
     e.to_gateway_error(&r.provider.cfg.id)
 }
 
-/// Calls the upstream and builds the client's response (JSON or SSE).
-pub async fn complete(
+/// A failed call: the client's error, and whether the vendor answered 200 first (then it
+/// has likely billed the request).
+struct Failure {
+    error: GatewayError,
+    billed: bool,
+    /// The vendor refused the credentials: a fetched token may have expired.
+    retry_with_new_token: bool,
+}
+
+impl Failure {
+    fn before_answer(error: GatewayError) -> Self {
+        Failure {
+            error,
+            billed: false,
+            retry_with_new_token: false,
+        }
+    }
+}
+
+/// What the upstream call produced.
+enum Answer {
+    Full(tollgate_core::ChatResponse),
+    Stream {
+        body: UpstreamBody,
+        decoder: Box<dyn StreamDecoder>,
+        first: Vec<StreamEvent>,
+        ended: bool,
+    },
+}
+
+/// One call, with a token refresh and a second try when a token-based vendor (ERNIE)
+/// says the token is invalid or expired.
+async fn call(
     state: &Arc<AppState>,
-    rid: &RequestId,
     req: &ChatRequest,
     r: &Resolved,
-) -> Result<Response, GatewayError> {
+    dctx: &DecodeCtx,
+) -> Result<Answer, Failure> {
+    let p = &r.provider;
+    let fail = |e: &UpstreamError| Failure::before_answer(upstream_err(r, e));
+    let creds = state
+        .tokens
+        .credentials(
+            &state.upstream,
+            &p.cfg.id,
+            &p.cfg.base_url,
+            p.codec.as_ref(),
+            &p.cfg.credentials,
+            false,
+        )
+        .await
+        .map_err(|e| fail(&e))?;
+    match call_once(state, req, r, dctx, &creds).await {
+        Err(f) if f.retry_with_new_token && creds.access_token.is_some() => {
+            let creds = state
+                .tokens
+                .credentials(
+                    &state.upstream,
+                    &p.cfg.id,
+                    &p.cfg.base_url,
+                    p.codec.as_ref(),
+                    &p.cfg.credentials,
+                    true,
+                )
+                .await
+                .map_err(|e| fail(&e))?;
+            call_once(state, req, r, dctx, &creds).await
+        }
+        other => other,
+    }
+}
+
+/// Encodes, sends, and reads the answer (or the stream's first events).
+async fn call_once(
+    state: &Arc<AppState>,
+    req: &ChatRequest,
+    r: &Resolved,
+    dctx: &DecodeCtx,
+    creds: &tollgate_providers::Credentials,
+) -> Result<Answer, Failure> {
     let stream = req.is_stream();
-    let now = chrono::Utc::now();
+    let codec = r.provider.codec.as_ref();
     let ctx = EncodeCtx {
         base_url: &r.provider.cfg.base_url,
         upstream_model: &r.upstream_model,
-        credentials: &r.provider.cfg.credentials,
-        now,
+        credentials: creds,
+        now: chrono::Utc::now(),
         stream,
     };
-    let outbound = r.provider.codec.encode(req, &ctx)?;
-    let dctx = DecodeCtx {
-        request_id: rid.0.clone(),
-        created: now.timestamp(),
-        model: r.model.clone(),
+    let outbound = codec.encode(req, &ctx).map_err(Failure::before_answer)?;
+    let fail = |e: &UpstreamError| Failure {
+        error: upstream_err(r, e),
+        billed: false,
+        retry_with_new_token: e.kind == tollgate_core::UpstreamErrorKind::Auth,
     };
-    let http = match outbound {
-        Outbound::Http(h) => h,
-        Outbound::WebSocket(_) => {
-            return Err(GatewayError::new(
-                ErrorKind::BadGateway,
-                "WebSocket upstreams are not supported by this build",
-            ))
+    let billed = |e: &UpstreamError| Failure {
+        error: upstream_err(r, e),
+        billed: true,
+        retry_with_new_token: false,
+    };
+    let (mut body, content_type) = match outbound {
+        Outbound::Http(http) => {
+            let resp = state.upstream.send(&http).await.map_err(|e| fail(&e))?;
+            if resp.status >= 400 {
+                let body = state
+                    .upstream
+                    .read_all(resp.body, MAX_UPSTREAM_BODY)
+                    .await
+                    .unwrap_or_default();
+                return Err(fail(&codec.decode_error(
+                    resp.status,
+                    &body,
+                    resp.retry_after,
+                )));
+            }
+            if !stream {
+                // From here the vendor has accepted the request and may bill it.
+                let body = state
+                    .upstream
+                    .read_all(resp.body, MAX_UPSTREAM_BODY)
+                    .await
+                    .map_err(|e| billed(&e))?;
+                return match codec.decode(resp.status, &body, dctx) {
+                    Ok(out) => Ok(Answer::Full(out)),
+                    // An error the vendor reports inside a 200 (ERNIE, Hunyuan) was not billed.
+                    Err(e) if e.kind != tollgate_core::UpstreamErrorKind::Protocol => Err(fail(&e)),
+                    Err(e) => Err(billed(&e)),
+                };
+            }
+            (UpstreamBody::Http(resp.body), resp.content_type)
         }
+        // A WebSocket exchange always streams; a non-stream client gets it collected.
+        Outbound::WebSocket(ws) => (
+            state
+                .upstream
+                .websocket(&ws, codec)
+                .await
+                .map_err(|e| fail(&e))?,
+            None,
+        ),
     };
-    let resp = state
-        .upstream
-        .send(&http)
-        .await
-        .map_err(|e| upstream_err(r, &e))?;
-    if resp.status >= 400 {
-        let body = state
-            .upstream
-            .read_all(resp.body, MAX_UPSTREAM_BODY)
-            .await
-            .unwrap_or_default();
-        let e = r
-            .provider
-            .codec
-            .decode_error(resp.status, &body, resp.retry_after);
-        return Err(upstream_err(r, &e));
-    }
-    if !stream {
-        let body = state
-            .upstream
-            .read_all(resp.body, MAX_UPSTREAM_BODY)
-            .await
-            .map_err(|e| upstream_err(r, &e))?;
-        let out = r
-            .provider
-            .codec
-            .decode(resp.status, &body, &dctx)
-            .map_err(|e| upstream_err(r, &e))?;
-        let usage = out.usage.clone();
-        let json = serde_json::to_vec(&out).map_err(|_| GatewayError::internal())?;
-        log_done(rid, r, usage.as_ref(), "ok");
-        let mut response = Response::new(Body::from(json));
-        response
-            .headers_mut()
-            .insert("content-type", HeaderValue::from_static("application/json"));
-        add_route_headers(response.headers_mut(), r);
-        return Ok(response);
-    }
-    // Stream: read until the decoder yields its first events, so that an error the vendor
-    // reports before any content (including HTTP-200 errors) is still a proper HTTP error.
-    let mut decoder = r
-        .provider
-        .codec
-        .stream_decoder(&dctx, resp.content_type.as_deref());
-    let mut body = resp.body;
+    // Read until the decoder yields its first events, so that an error the vendor reports
+    // before any content (including HTTP-200 errors) is still a proper HTTP error.
+    let mut decoder = codec.stream_decoder(dctx, content_type.as_deref());
     let mut first = Vec::new();
     let mut ended = false;
     while first.is_empty() {
         match state
             .upstream
-            .next_chunk(&mut body)
+            .next(&mut body)
             .await
-            .map_err(|e| upstream_err(r, &e))?
+            .map_err(|e| billed(&e))?
         {
-            Some(bytes) => decoder
-                .feed(&bytes, &mut first)
-                .map_err(|e| upstream_err(r, &e))?,
+            Some(bytes) => decoder.feed(&bytes, &mut first).map_err(|e| fail(&e))?,
             None => {
-                decoder
-                    .finish(&mut first)
-                    .map_err(|e| upstream_err(r, &e))?;
+                decoder.finish(&mut first).map_err(|e| fail(&e))?;
                 ended = true;
                 break;
             }
         }
     }
     if first.is_empty() {
-        return Err(upstream_err(
-            r,
-            &UpstreamError::protocol("the upstream stream was empty"),
-        ));
+        return Err(fail(&UpstreamError::protocol(
+            "the upstream stream was empty",
+        )));
     }
-    let (tx, rx) = mpsc::channel::<Result<Bytes, Infallible>>(16);
-    let relay = Relay {
-        state: state.clone(),
-        rid: rid.clone(),
-        provider: r.provider.cfg.id.clone(),
+    if stream {
+        return Ok(Answer::Stream {
+            body,
+            decoder,
+            first,
+            ended,
+        });
+    }
+    let mut agg = tollgate_providers::aggregate::Aggregator::new();
+    let mut events = first;
+    loop {
+        for ev in events.drain(..) {
+            agg.push(ev);
+        }
+        if ended || agg.is_done() {
+            break;
+        }
+        match state
+            .upstream
+            .next(&mut body)
+            .await
+            .map_err(|e| billed(&e))?
+        {
+            Some(bytes) => decoder.feed(&bytes, &mut events).map_err(|e| billed(&e))?,
+            None => {
+                decoder.finish(&mut events).map_err(|e| billed(&e))?;
+                ended = true;
+            }
+        }
+    }
+    agg.finish(dctx).map(Answer::Full).map_err(|e| billed(&e))
+}
+
+/// Calls the upstream, settles the ticket and builds the client's response.
+pub async fn complete(
+    state: &Arc<AppState>,
+    rid: &RequestId,
+    req: &ChatRequest,
+    r: &Resolved,
+    ticket: Ticket,
+) -> Result<Response, GatewayError> {
+    let now = chrono::Utc::now();
+    let dctx = DecodeCtx {
+        request_id: rid.0.clone(),
+        created: now.timestamp(),
         model: r.model.clone(),
-        wants_usage: req.wants_stream_usage(),
-        last: None,
-        usage: None,
-        done: false,
     };
-    tokio::spawn(relay.run(body, decoder, first, ended, tx));
-    let mut response = Response::new(Body::from_stream(
-        tokio_stream::wrappers::ReceiverStream::new(rx),
-    ));
-    let h = response.headers_mut();
-    h.insert(
-        "content-type",
-        HeaderValue::from_static("text/event-stream"),
-    );
-    h.insert("cache-control", HeaderValue::from_static("no-cache"));
-    h.insert("x-accel-buffering", HeaderValue::from_static("no"));
-    add_route_headers(h, r);
-    Ok(response)
+    let answer = match call(state, req, r, &dctx).await {
+        Ok(a) => a,
+        Err(f) => {
+            let status = if f.billed {
+                "upstream_error_after_accept"
+            } else {
+                "upstream_error"
+            };
+            ticket
+                .settle(Outcome {
+                    usage: None,
+                    completion_estimate: 0,
+                    upstream_reached: f.billed,
+                    status,
+                    http_status: f.error.kind.http_status(),
+                    ttft_ms: None,
+                })
+                .await?;
+            return Err(f.error);
+        }
+    };
+    let ttft = Some(ticket.elapsed_ms());
+    match answer {
+        Answer::Full(mut out) => {
+            let rate_headers = ticket.rate_headers.clone();
+            let priced = ticket
+                .settle(Outcome {
+                    usage: out.usage.clone(),
+                    completion_estimate: completion_tokens_of(&out),
+                    upstream_reached: true,
+                    status: "ok",
+                    http_status: 200,
+                    ttft_ms: ttft,
+                })
+                .await?;
+            if let Some(u) = out.usage.as_mut() {
+                u.cost = priced.cost.as_ref().map(ToString::to_string);
+            }
+            let json = serde_json::to_vec(&out).map_err(|_| GatewayError::internal())?;
+            let mut response = Response::new(Body::from(json));
+            let h = response.headers_mut();
+            h.insert("content-type", HeaderValue::from_static("application/json"));
+            add_route_headers(h, r);
+            insert(h, "x-tollgate-cost", &priced.header());
+            if let Some(c) = priced.converted_header() {
+                insert(h, "x-tollgate-cost-converted", &c);
+            }
+            for (k, v) in &rate_headers {
+                insert(h, k, v);
+            }
+            Ok(response)
+        }
+        Answer::Stream {
+            body,
+            decoder,
+            first,
+            ended,
+        } => {
+            let (tx, rx) = mpsc::channel::<Result<Bytes, Infallible>>(16);
+            let mut response = Response::new(Body::from_stream(
+                tokio_stream::wrappers::ReceiverStream::new(rx),
+            ));
+            let h = response.headers_mut();
+            h.insert(
+                "content-type",
+                HeaderValue::from_static("text/event-stream"),
+            );
+            h.insert("cache-control", HeaderValue::from_static("no-cache"));
+            h.insert("x-accel-buffering", HeaderValue::from_static("no"));
+            add_route_headers(h, r);
+            if let Some(max) = &ticket.max_cost {
+                insert(h, "x-tollgate-cost-max", &max.to_string());
+            }
+            for (k, v) in &ticket.rate_headers {
+                insert(h, k, v);
+            }
+            let relay = Relay {
+                rid: rid.clone(),
+                provider: r.provider.cfg.id.clone(),
+                model: r.model.clone(),
+                wants_usage: req.wants_stream_usage(),
+                last: None,
+                usage: None,
+                done: false,
+                completion_estimate: 0,
+                ticket: Some(ticket),
+                ttft,
+            };
+            tokio::spawn(relay.run(state.upstream.clone(), body, decoder, first, ended, tx));
+            Ok(response)
+        }
+    }
+}
+
+fn insert(h: &mut HeaderMap, name: &'static str, value: &str) {
+    if let Ok(v) = HeaderValue::from_str(value) {
+        h.insert(name, v);
+    }
+}
+
+/// Completion tokens tollgate counts itself in an answer (used only when the vendor
+/// reports no usage).
+fn completion_tokens_of(out: &tollgate_core::ChatResponse) -> u64 {
+    out.choices
+        .iter()
+        .map(|c| {
+            let m = &c.message;
+            tokens::estimate_text(m.content.as_deref().unwrap_or(""))
+                + tokens::estimate_text(m.reasoning_content.as_deref().unwrap_or(""))
+                + m.tool_calls
+                    .iter()
+                    .flatten()
+                    .map(|t| tokens::estimate_text(&t.function.arguments) + 3)
+                    .sum::<u64>()
+        })
+        .sum()
 }
 
 fn add_route_headers(h: &mut HeaderMap, r: &Resolved) {
-    if let Ok(v) = HeaderValue::from_str(&r.provider.cfg.id) {
-        h.insert("x-tollgate-provider", v);
-    }
-    if let Ok(v) = HeaderValue::from_str(&r.model) {
-        h.insert("x-tollgate-model", v);
-    }
+    insert(h, "x-tollgate-provider", &r.provider.cfg.id);
+    insert(h, "x-tollgate-model", &r.model);
 }
 
-fn log_done(rid: &RequestId, r: &Resolved, usage: Option<&Usage>, status: &str) {
-    tracing::info!(
-        request_id = %rid.0,
-        provider = %r.provider.cfg.id,
-        model = %r.model,
-        prompt_tokens = usage.map(|u| u.prompt_tokens),
-        completion_tokens = usage.map(|u| u.completion_tokens),
-        status,
-        "request done"
-    );
-}
-
-/// Relays one upstream stream to one client.
+/// Relays one upstream stream to one client, and settles its ticket at the end.
 struct Relay {
-    state: Arc<AppState>,
     rid: RequestId,
     provider: String,
     model: String,
@@ -289,6 +477,10 @@ struct Relay {
     last: Option<(String, i64, String)>,
     usage: Option<Usage>,
     done: bool,
+    /// Tokens of the content relayed so far (for a stream cut before the vendor's usage).
+    completion_estimate: u64,
+    ticket: Option<Ticket>,
+    ttft: Option<i64>,
 }
 
 enum Flow {
@@ -299,7 +491,8 @@ enum Flow {
 impl Relay {
     async fn run(
         mut self,
-        mut body: hyper::body::Incoming,
+        upstream: crate::upstream::Upstream,
+        mut body: UpstreamBody,
         mut decoder: Box<dyn StreamDecoder>,
         first: Vec<StreamEvent>,
         mut ended: bool,
@@ -309,7 +502,8 @@ impl Relay {
         let mut failure: Option<UpstreamError> = None;
         loop {
             if let Flow::ClientGone = self.emit(&mut events, &tx).await {
-                self.finish_log("client_disconnected");
+                drop(body);
+                self.settle("client_disconnected", 499).await;
                 return;
             }
             if ended || self.done || failure.is_some() {
@@ -318,10 +512,11 @@ impl Relay {
             let next = tokio::select! {
                 _ = tx.closed() => {
                     // The client went away: dropping `body` closes the upstream request now.
-                    self.finish_log("client_disconnected");
+                    drop(body);
+                    self.settle("client_disconnected", 499).await;
                     return;
                 }
-                n = self.state.upstream.next_chunk(&mut body) => n,
+                n = upstream.next(&mut body) => n,
             };
             match next {
                 Ok(Some(bytes)) => {
@@ -338,6 +533,12 @@ impl Relay {
                 Err(e) => failure = Some(e),
             }
         }
+        // Usage may arrive in the same read as the end.
+        if let Flow::ClientGone = self.emit(&mut events, &tx).await {
+            drop(body);
+            self.settle("client_disconnected", 499).await;
+            return;
+        }
         drop(body);
         if failure.is_none() && !self.done {
             failure = Some(UpstreamError::protocol(
@@ -348,11 +549,20 @@ impl Relay {
             Some(e) => {
                 tracing::warn!(request_id = %self.rid.0, provider = %self.provider, error = %e, "stream failed");
                 let ge = e.to_gateway_error(&self.provider);
+                self.settle("upstream_cut", 200).await;
                 let line = format!("data: {}\n\n", ge.to_openai_json());
                 let _ = tx.send(Ok(Bytes::from(line))).await;
-                self.finish_log("upstream_error");
             }
             None => {
+                let priced = match self.settle("ok", 200).await {
+                    Some(Ok(p)) => p,
+                    Some(Err(ge)) => {
+                        let line = format!("data: {}\n\n", ge.to_openai_json());
+                        let _ = tx.send(Ok(Bytes::from(line))).await;
+                        return;
+                    }
+                    None => return,
+                };
                 if self.wants_usage {
                     let (id, created, model) = self.last.clone().unwrap_or_else(|| {
                         (
@@ -361,6 +571,8 @@ impl Relay {
                             self.model.clone(),
                         )
                     });
+                    let mut usage = priced.usage.clone();
+                    usage.cost = priced.cost.as_ref().map(ToString::to_string);
                     let chunk = ChatChunk {
                         id,
                         object: "chat.completion.chunk".to_owned(),
@@ -368,16 +580,44 @@ impl Relay {
                         model,
                         choices: Vec::new(),
                         system_fingerprint: None,
-                        usage: Some(self.usage.clone().unwrap_or_default()),
+                        usage: Some(usage),
                     };
                     if let Ok(json) = serde_json::to_string(&chunk) {
                         let _ = tx.send(Ok(Bytes::from(format!("data: {json}\n\n")))).await;
                     }
                 }
                 let _ = tx.send(Ok(Bytes::from_static(b"data: [DONE]\n\n"))).await;
-                self.finish_log("ok");
             }
         }
+    }
+
+    /// Settles the ticket once; `None` if it was settled already.
+    async fn settle(
+        &mut self,
+        status: &'static str,
+        http_status: u16,
+    ) -> Option<Result<metering::Priced, GatewayError>> {
+        let ticket = self.ticket.take()?;
+        let r = ticket
+            .settle(Outcome {
+                usage: self.usage.clone(),
+                completion_estimate: self.completion_estimate,
+                upstream_reached: true,
+                status,
+                http_status,
+                ttft_ms: self.ttft,
+            })
+            .await;
+        tracing::info!(
+            request_id = %self.rid.0,
+            provider = %self.provider,
+            model = %self.model,
+            prompt_tokens = self.usage.as_ref().map(|u| u.prompt_tokens),
+            completion_tokens = self.usage.as_ref().map(|u| u.completion_tokens),
+            status,
+            "stream done"
+        );
+        Some(r)
     }
 
     async fn emit(
@@ -389,6 +629,20 @@ impl Relay {
             match ev {
                 StreamEvent::Chunk(mut c) => {
                     c.usage = None;
+                    for ch in &c.choices {
+                        let d = &ch.delta;
+                        self.completion_estimate +=
+                            tokens::estimate_text(d.content.as_deref().unwrap_or(""))
+                                + tokens::estimate_text(
+                                    d.reasoning_content.as_deref().unwrap_or(""),
+                                );
+                        for tc in d.tool_calls.iter().flatten() {
+                            if let Some(f) = &tc.function {
+                                self.completion_estimate +=
+                                    tokens::estimate_text(f.arguments.as_deref().unwrap_or(""));
+                            }
+                        }
+                    }
                     self.last = Some((c.id.clone(), c.created, c.model.clone()));
                     let Ok(json) = serde_json::to_vec(&c) else {
                         continue;
@@ -406,18 +660,6 @@ impl Relay {
             }
         }
         Flow::Continue
-    }
-
-    fn finish_log(&self, status: &str) {
-        tracing::info!(
-            request_id = %self.rid.0,
-            provider = %self.provider,
-            model = %self.model,
-            prompt_tokens = self.usage.as_ref().map(|u| u.prompt_tokens),
-            completion_tokens = self.usage.as_ref().map(|u| u.completion_tokens),
-            status,
-            "stream done"
-        );
     }
 }
 

@@ -34,6 +34,28 @@ pub struct RawConfig {
     /// Upstream providers, by id (the `provider` in `provider/model`).
     #[serde(default)]
     pub providers: BTreeMap<String, RawProvider>,
+    /// Extra catalog directories (TOML files in our catalog's format) whose models and
+    /// price periods are added to, or override, the built-in catalog.
+    #[serde(default)]
+    pub catalog_dirs: Vec<PathBuf>,
+    /// FX overrides: `"2026-11" = { USD_CNY = "7.10" }` (units of the second currency
+    /// per one of the first).
+    #[serde(default)]
+    pub fx: BTreeMap<String, BTreeMap<String, String>>,
+    /// Group (team/project) budgets; a key joins one with `--group NAME`.
+    #[serde(default)]
+    pub groups: BTreeMap<String, tollgate_store::BudgetSpec>,
+    /// Per-model rate limits across all keys: `"deepseek/deepseek-chat" = { rpm = 60, tpm = 100000 }`.
+    #[serde(default)]
+    pub limits: BTreeMap<String, RawLimit>,
+}
+
+/// `[limits."provider/model"]`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawLimit {
+    pub rpm: Option<u32>,
+    pub tpm: Option<u32>,
 }
 
 /// `[timeouts]`, in milliseconds.
@@ -88,6 +110,16 @@ pub struct Config {
     pub shutdown_grace: Duration,
     pub timeouts: Timeouts,
     pub providers: Vec<ProviderConfig>,
+    pub catalog_dirs: Vec<PathBuf>,
+    /// (month, base, quote, rate)
+    pub fx: Vec<(
+        String,
+        tollgate_core::Currency,
+        tollgate_core::Currency,
+        String,
+    )>,
+    pub groups: BTreeMap<String, tollgate_store::BudgetSpec>,
+    pub model_limits: BTreeMap<String, crate::limits::Spec>,
 }
 
 /// Upstream timeouts.
@@ -133,6 +165,10 @@ impl Config {
             shutdown_grace: Duration::from_secs(30),
             timeouts: Timeouts::default(),
             providers: Vec::new(),
+            catalog_dirs: Vec::new(),
+            fx: Vec::new(),
+            groups: BTreeMap::new(),
+            model_limits: BTreeMap::new(),
         }
     }
 
@@ -311,7 +347,46 @@ impl RawConfig {
                 passthrough: p.passthrough,
             });
         }
+        let catalog_dirs = self
+            .catalog_dirs
+            .into_iter()
+            .map(|d| if d.is_absolute() { d } else { base.join(d) })
+            .collect();
+        let mut fx = Vec::new();
+        for (month, pairs) in self.fx {
+            for (pair, rate) in pairs {
+                let (b, q) = pair
+                    .split_once('_')
+                    .ok_or_else(|| format!("fx.{month}.{pair}: write the pair as USD_CNY"))?;
+                let cur = |c: &str| {
+                    c.parse::<tollgate_core::Currency>()
+                        .map_err(|_| format!("fx.{month}.{pair}: unknown currency '{c}'"))
+                };
+                fx.push((month.clone(), cur(b)?, cur(q)?, rate));
+            }
+        }
+        for (g, spec) in &self.groups {
+            crate::metering::parse_budget(&format!("group:{g}"), g, spec)
+                .map_err(|_| format!("groups.{g}: invalid budget (amount, currency CNY/USD/EUR, period day/month/total, time_zone)"))?;
+        }
+        let mut model_limits = BTreeMap::new();
+        for (m, l) in self.limits {
+            if !m.contains('/') {
+                return Err(format!("limits.{m}: name the model as provider/model"));
+            }
+            model_limits.insert(
+                m,
+                crate::limits::Spec {
+                    rpm: l.rpm,
+                    tpm: l.tpm,
+                },
+            );
+        }
         Ok(Config {
+            catalog_dirs,
+            fx,
+            groups: self.groups,
+            model_limits,
             listen,
             data_dir,
             admin_key: secret(self.admin_key),

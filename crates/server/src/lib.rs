@@ -5,7 +5,11 @@
 //! - [`config`]: the TOML config, parsed ([`config::RawConfig`]) then validated ([`Config`]).
 //! - [`state`]: [`AppState`]: providers, the model index, the key cache.
 //! - [`chat`]: `POST /v1/chat/completions`, the request lifecycle from accept to relay.
+//! - [`metering`]: admission (rate limits, budget reservation) and settlement (cost,
+//!   ledger row) of one request; [`budget`], [`limits`] and [`tokens`] do the parts.
+//! - [`ledger`]: the group-commit ledger writer thread.
 //! - [`admin`]: `/admin/keys` (admin key required).
+//! - [`api`]: `GET /v1/prices` and `GET /admin/usage`; [`reports`] builds the usage tables.
 //! - [`upstream`]: the one pooled upstream client with its timeouts.
 //! - [`error`]: the one mapping from errors to HTTP responses.
 //!
@@ -13,10 +17,17 @@
 //! listener until a shutdown future resolves, then drains in-flight requests.
 
 pub mod admin;
+pub mod api;
+pub mod budget;
 pub mod chat;
 pub mod config;
 pub mod error;
+pub mod ledger;
+pub mod limits;
+pub mod metering;
+pub mod reports;
 pub mod state;
+pub mod tokens;
 pub mod upstream;
 
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -30,7 +41,7 @@ use axum::routing::{get, post};
 use axum::Router;
 
 pub use config::Config;
-pub use state::AppState;
+pub use state::{AppState, Stores};
 
 use crate::error::ApiError;
 
@@ -65,6 +76,8 @@ pub fn app(state: Arc<AppState>) -> Router {
         .route("/v1/chat/completions", post(chat::chat_completions))
         .route("/chat/completions", post(chat::chat_completions))
         .route("/v1/models", get(models))
+        .route("/v1/prices", get(api::prices))
+        .route("/admin/usage", get(api::usage))
         .route("/healthz", get(healthz))
         .route("/admin/keys", get(admin::list_keys).post(admin::create_key))
         .route("/admin/keys/{id}", axum::routing::delete(admin::revoke_key))

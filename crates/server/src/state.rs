@@ -7,12 +7,15 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 use tollgate_core::error::ErrorKind;
-use tollgate_core::{GatewayError, ModelRef};
+use tollgate_core::{Catalog, GatewayError, ModelEntry, ModelRef, ProviderKind};
 use tollgate_providers::Codec;
-use tollgate_store::{hash_key, KeyRecord, KeyStore};
+use tollgate_store::{hash_key, KeyRecord, KeyStore, LedgerStore};
 
+use crate::budget::Budgets;
 use crate::config::{Config, ProviderConfig};
-use crate::upstream::Upstream;
+use crate::ledger::LedgerWriter;
+use crate::limits::Limits;
+use crate::upstream::{TokenCache, Upstream};
 
 /// A configured provider and its codec.
 pub struct Provider {
@@ -20,6 +23,8 @@ pub struct Provider {
     pub codec: Arc<dyn Codec>,
     /// Models served, as clients name them (after `provider/`).
     pub models: Vec<String>,
+    /// Catalog entries of served models and of their aliases, by name.
+    pub entries: HashMap<String, Arc<ModelEntry>>,
 }
 
 impl Provider {
@@ -33,7 +38,9 @@ impl Provider {
     }
 
     fn serves(&self, model: &str) -> bool {
-        self.cfg.passthrough || self.models.iter().any(|m| m == model)
+        self.cfg.passthrough
+            || self.models.iter().any(|m| m == model)
+            || self.entries.contains_key(model)
     }
 }
 
@@ -43,6 +50,30 @@ pub struct Resolved {
     /// The served model id (without the provider prefix).
     pub model: String,
     pub upstream_model: String,
+    /// The model's catalog entry (prices, limits), if it has one.
+    pub entry: Option<Arc<ModelEntry>>,
+}
+
+/// The stores the gateway writes to.
+pub struct Stores {
+    pub keys: Arc<dyn KeyStore>,
+    /// For reads (reports, budget spend at start-up).
+    pub ledger: Arc<dyn LedgerStore>,
+    /// Given to the ledger writer thread; its own connection where the backend has them.
+    pub ledger_writer: Arc<dyn LedgerStore>,
+}
+
+impl Stores {
+    /// SQLite in `data_dir`.
+    pub fn sqlite(data_dir: &std::path::Path) -> Result<Self, tollgate_store::StoreError> {
+        let main = Arc::new(tollgate_store::SqliteStore::open(data_dir)?);
+        let writer = Arc::new(tollgate_store::SqliteStore::open(data_dir)?);
+        Ok(Stores {
+            keys: main.clone(),
+            ledger: main,
+            ledger_writer: writer,
+        })
+    }
 }
 
 /// Everything a handler needs.
@@ -53,41 +84,107 @@ pub struct AppState {
     by_model: HashMap<String, Vec<Arc<Provider>>>,
     pub keys: KeyCache,
     pub store: Arc<dyn KeyStore>,
+    pub ledger_store: Arc<dyn LedgerStore>,
+    pub ledger: LedgerWriter,
     pub upstream: Upstream,
+    /// Access tokens fetched for codecs that need them (ERNIE).
+    pub tokens: TokenCache,
+    pub catalog: Arc<Catalog>,
+    pub budgets: Budgets,
+    pub limits: Limits,
+}
+
+/// The catalog: ours, plus the config's extra directories and FX overrides.
+pub fn load_catalog(config: &Config) -> Result<Catalog, String> {
+    let mut catalog = Catalog::load(&config.catalog_dirs).map_err(|e| e.to_string())?;
+    for (month, base, quote, rate) in &config.fx {
+        catalog
+            .fx_mut()
+            .set_rate(month, *base, *quote, rate)
+            .map_err(|e| format!("fx.{month}: {e}"))?;
+    }
+    Ok(catalog)
 }
 
 impl AppState {
     /// Builds the state; fails when a provider's codec is missing.
-    pub fn new(config: Config, store: Arc<dyn KeyStore>) -> Result<Arc<Self>, String> {
+    pub fn new(config: Config, stores: Stores) -> Result<Arc<Self>, String> {
         let upstream = Upstream::new(config.timeouts)?;
+        let catalog = Arc::new(load_catalog(&config)?);
         let mut providers = BTreeMap::new();
         let mut by_model: HashMap<String, Vec<Arc<Provider>>> = HashMap::new();
         for p in &config.providers {
             let codec = tollgate_providers::codec_for(p.kind, p.mode)
                 .map_err(|e| format!("providers.{}: {e}", p.id))?;
+            let vendor: Vec<&ModelEntry> = if p.kind == ProviderKind::OpenAiCompatible {
+                Vec::new()
+            } else {
+                catalog
+                    .models()
+                    .filter(|e| e.provider == p.kind.as_str())
+                    .collect()
+            };
             let mut models = p.models.clone();
+            if models.is_empty() {
+                // No list: serve every catalog model of the vendor.
+                models = vendor.iter().map(|e| e.id.clone()).collect();
+            }
             for m in p.model_map.keys() {
                 if !models.contains(m) {
                     models.push(m.clone());
+                }
+            }
+            let mut entries = HashMap::new();
+            for m in &models {
+                match catalog.find(p.kind.as_str(), m) {
+                    Some(e) => {
+                        let e = Arc::new(e.clone());
+                        for alias in &e.aliases {
+                            if models.contains(&e.id) || models.contains(alias) {
+                                entries.entry(alias.clone()).or_insert_with(|| e.clone());
+                            }
+                        }
+                        entries.insert(m.clone(), e);
+                    }
+                    None => tracing::warn!(
+                        provider = %p.id,
+                        model = %m,
+                        "model has no price in the catalog: its cost is reported as unpriced and budgets refuse it"
+                    ),
                 }
             }
             let prov = Arc::new(Provider {
                 cfg: p.clone(),
                 codec,
                 models: models.clone(),
+                entries,
             });
-            for m in models {
+            let mut names: Vec<String> = models;
+            names.extend(
+                prov.entries
+                    .keys()
+                    .filter(|k| !prov.models.contains(k))
+                    .cloned(),
+            );
+            for m in names {
                 by_model.entry(m).or_default().push(prov.clone());
             }
             providers.insert(p.id.clone(), prov);
         }
+        let ledger = LedgerWriter::spawn(stores.ledger_writer)?;
         Ok(Arc::new(AppState {
             config,
             providers,
             by_model,
             keys: KeyCache::new(Duration::from_millis(500)),
-            store,
+            store: stores.keys,
+            ledger_store: stores.ledger,
+            ledger,
             upstream,
+            tokens: TokenCache::default(),
+            catalog,
+            budgets: Budgets::new(),
+            limits: Limits::new(),
         }))
     }
 
@@ -111,6 +208,7 @@ impl AppState {
                 Ok(Resolved {
                     upstream_model: provider.upstream_model(r.model),
                     model: r.model.to_owned(),
+                    entry: provider.entries.get(r.model).cloned(),
                     provider: provider.clone(),
                 })
             }
@@ -120,6 +218,7 @@ impl AppState {
                     [one] => Ok(Resolved {
                         upstream_model: one.upstream_model(r.model),
                         model: r.model.to_owned(),
+                        entry: one.entries.get(r.model).cloned(),
                         provider: one.clone(),
                     }),
                     [] => Err(not_found()),

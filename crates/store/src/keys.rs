@@ -25,6 +25,27 @@ pub struct KeyRecord {
     pub created_at: i64,
     /// Unix seconds; set once revoked.
     pub revoked_at: Option<i64>,
+    /// The team or project the key belongs to; group budgets apply to all its keys.
+    pub group: Option<String>,
+    /// The key's own spending cap.
+    pub budget: Option<BudgetSpec>,
+    /// Requests per minute (sliding window).
+    pub rpm: Option<u32>,
+    /// Tokens per minute (sliding window; reserved at the worst case, settled to usage).
+    pub tpm: Option<u32>,
+}
+
+/// A spending cap: `amount` (decimal text, e.g. `"500"`) in `currency` per `period`
+/// (`day`, `month` or `total`), with day and month boundaries in `time_zone`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
+pub struct BudgetSpec {
+    pub amount: String,
+    pub currency: String,
+    pub period: String,
+    /// A fixed-offset zone (`Asia/Shanghai`, `UTC`, `+08:00`). Default: Asia/Shanghai
+    /// for CNY budgets, UTC otherwise.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub time_zone: Option<String>,
 }
 
 impl KeyRecord {
@@ -51,6 +72,10 @@ impl KeyRecord {
 pub struct NewKey {
     pub name: String,
     pub models: Vec<String>,
+    pub group: Option<String>,
+    pub budget: Option<BudgetSpec>,
+    pub rpm: Option<u32>,
+    pub tpm: Option<u32>,
 }
 
 /// Keys, whatever the backend.
@@ -122,6 +147,10 @@ mod tests {
             models: vec![],
             created_at: 0,
             revoked_at: None,
+            group: None,
+            budget: None,
+            rpm: None,
+            tpm: None,
         };
         assert!(k.allows("openai", "gpt-4o"));
         k.models = vec![

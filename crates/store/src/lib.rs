@@ -3,12 +3,15 @@
 //!
 //! # Layout
 //! - [`keys`]: virtual API keys: [`KeyStore`], [`KeyRecord`], hashing and generation.
+//! - [`ledger`]: the append-only ledger: [`LedgerStore`], [`LedgerRow`].
 //! - [`sqlite`]: the SQLite implementation (WAL mode, one file in the data directory).
 
 pub mod keys;
+pub mod ledger;
 pub mod sqlite;
 
-pub use keys::{hash_key, KeyRecord, KeyStore, NewKey};
+pub use keys::{hash_key, BudgetSpec, KeyRecord, KeyStore, NewKey};
+pub use ledger::{GroupBy, LedgerFilter, LedgerRow, LedgerStore};
 pub use sqlite::SqliteStore;
 
 /// A store failure. Messages are for the operator's log, never for API clients.

@@ -7,10 +7,17 @@ use std::sync::Mutex;
 use rusqlite::{params, Connection, OptionalExtension};
 
 use crate::keys::{generate_key, hash_key, new_id, KeyRecord, KeyStore, NewKey};
+use crate::ledger::{LedgerFilter, LedgerRow, LedgerStore};
 use crate::StoreError;
 
+/// JSON text for a column.
+fn to_json<T: serde::Serialize>(v: &T) -> Result<String, StoreError> {
+    serde_json::to_string(v).map_err(|e| StoreError::Invalid(e.to_string()))
+}
+
 /// Migrations, applied in order; `PRAGMA user_version` records how many ran.
-const MIGRATIONS: &[&str] = &[r#"
+const MIGRATIONS: &[&str] = &[
+    r#"
 CREATE TABLE keys (
     id          TEXT PRIMARY KEY,
     name        TEXT NOT NULL,
@@ -21,7 +28,50 @@ CREATE TABLE keys (
     revoked_at  INTEGER
 );
 CREATE INDEX keys_name ON keys(name);
-"#];
+"#,
+    r#"
+ALTER TABLE keys ADD COLUMN group_name TEXT;
+ALTER TABLE keys ADD COLUMN budget TEXT;
+ALTER TABLE keys ADD COLUMN rpm INTEGER;
+ALTER TABLE keys ADD COLUMN tpm INTEGER;
+CREATE TABLE ledger (
+    id                 TEXT PRIMARY KEY,
+    ts_ms              INTEGER NOT NULL,
+    key_id             TEXT NOT NULL,
+    key_name           TEXT NOT NULL,
+    group_name         TEXT,
+    requested_model    TEXT NOT NULL,
+    provider           TEXT NOT NULL,
+    model              TEXT NOT NULL,
+    price_id           TEXT,
+    prompt_tokens      INTEGER NOT NULL,
+    completion_tokens  INTEGER NOT NULL,
+    cached_tokens      INTEGER NOT NULL,
+    cache_write_tokens INTEGER NOT NULL,
+    reasoning_tokens   INTEGER NOT NULL,
+    usage_source       TEXT NOT NULL,
+    cost_nanos         INTEGER NOT NULL,
+    cost_currency      TEXT NOT NULL,
+    report_cost_nanos  INTEGER NOT NULL,
+    report_currency    TEXT NOT NULL,
+    fx_rate            TEXT,
+    fx_month           TEXT,
+    latency_ms         INTEGER NOT NULL,
+    ttft_ms            INTEGER,
+    status             TEXT NOT NULL,
+    http_status        INTEGER NOT NULL,
+    stream             INTEGER NOT NULL,
+    attempts           TEXT NOT NULL
+);
+CREATE INDEX ledger_ts ON ledger(ts_ms);
+CREATE INDEX ledger_key_ts ON ledger(key_id, ts_ms);
+CREATE INDEX ledger_group_ts ON ledger(group_name, ts_ms);
+CREATE TRIGGER ledger_append_only_update BEFORE UPDATE ON ledger
+BEGIN SELECT RAISE(ABORT, 'the ledger is append-only'); END;
+CREATE TRIGGER ledger_append_only_delete BEFORE DELETE ON ledger
+BEGIN SELECT RAISE(ABORT, 'the ledger is append-only'); END;
+"#,
+];
 
 /// SQLite-backed store.
 pub struct SqliteStore {
@@ -89,6 +139,12 @@ fn row_to_key(r: &rusqlite::Row<'_>) -> rusqlite::Result<KeyRecord> {
         models: serde_json::from_str(&models).unwrap_or_default(),
         created_at: r.get("created_at")?,
         revoked_at: r.get("revoked_at")?,
+        group: r.get("group_name")?,
+        budget: r
+            .get::<_, Option<String>>("budget")?
+            .and_then(|b| serde_json::from_str(&b).ok()),
+        rpm: r.get("rpm")?,
+        tpm: r.get("tpm")?,
     })
 }
 
@@ -107,13 +163,29 @@ impl KeyStore for SqliteStore {
             models: new.models.clone(),
             created_at: now,
             revoked_at: None,
+            group: new.group.clone().filter(|g| !g.trim().is_empty()),
+            budget: new.budget.clone(),
+            rpm: new.rpm,
+            tpm: new.tpm,
         };
-        let models =
-            serde_json::to_string(&rec.models).map_err(|e| StoreError::Invalid(e.to_string()))?;
+        let models = to_json(&rec.models)?;
+        let budget = rec.budget.as_ref().map(to_json).transpose()?;
         self.with(|c| {
             c.execute(
-                "INSERT INTO keys (id, name, hash, prefix, models, created_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-                params![rec.id, rec.name, hash_key(&key), rec.prefix, models, rec.created_at],
+                "INSERT INTO keys (id, name, hash, prefix, models, created_at, group_name, budget, rpm, tpm) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+                params![
+                    rec.id,
+                    rec.name,
+                    hash_key(&key),
+                    rec.prefix,
+                    models,
+                    rec.created_at,
+                    rec.group,
+                    budget,
+                    rec.rpm,
+                    rec.tpm
+                ],
             )?;
             Ok(())
         })?;
@@ -172,6 +244,118 @@ impl KeyStore for SqliteStore {
     }
 }
 
+fn row_to_ledger(r: &rusqlite::Row<'_>) -> rusqlite::Result<LedgerRow> {
+    Ok(LedgerRow {
+        id: r.get("id")?,
+        ts_ms: r.get("ts_ms")?,
+        key_id: r.get("key_id")?,
+        key_name: r.get("key_name")?,
+        group: r.get("group_name")?,
+        requested_model: r.get("requested_model")?,
+        provider: r.get("provider")?,
+        model: r.get("model")?,
+        price_id: r.get("price_id")?,
+        prompt_tokens: r.get("prompt_tokens")?,
+        completion_tokens: r.get("completion_tokens")?,
+        cached_tokens: r.get("cached_tokens")?,
+        cache_write_tokens: r.get("cache_write_tokens")?,
+        reasoning_tokens: r.get("reasoning_tokens")?,
+        usage_source: r.get("usage_source")?,
+        cost_nanos: r.get("cost_nanos")?,
+        cost_currency: r.get("cost_currency")?,
+        report_cost_nanos: r.get("report_cost_nanos")?,
+        report_currency: r.get("report_currency")?,
+        fx_rate: r.get("fx_rate")?,
+        fx_month: r.get("fx_month")?,
+        latency_ms: r.get("latency_ms")?,
+        ttft_ms: r.get("ttft_ms")?,
+        status: r.get("status")?,
+        http_status: r.get("http_status")?,
+        stream: r.get::<_, i64>("stream")? != 0,
+        attempts: r.get("attempts")?,
+    })
+}
+
+impl LedgerStore for SqliteStore {
+    fn append(&self, rows: &[LedgerRow]) -> Result<(), StoreError> {
+        let mut conn = self.conn.lock().map_err(|_| StoreError::Poisoned)?;
+        let tx = conn.transaction()?;
+        {
+            let mut st = tx.prepare_cached(
+                "INSERT INTO ledger (id, ts_ms, key_id, key_name, group_name, requested_model, provider, model, \
+                 price_id, prompt_tokens, completion_tokens, cached_tokens, cache_write_tokens, reasoning_tokens, \
+                 usage_source, cost_nanos, cost_currency, report_cost_nanos, report_currency, fx_rate, fx_month, \
+                 latency_ms, ttft_ms, status, http_status, stream, attempts) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, \
+                 ?21, ?22, ?23, ?24, ?25, ?26, ?27)",
+            )?;
+            for r in rows {
+                st.execute(params![
+                    r.id,
+                    r.ts_ms,
+                    r.key_id,
+                    r.key_name,
+                    r.group,
+                    r.requested_model,
+                    r.provider,
+                    r.model,
+                    r.price_id,
+                    r.prompt_tokens,
+                    r.completion_tokens,
+                    r.cached_tokens,
+                    r.cache_write_tokens,
+                    r.reasoning_tokens,
+                    r.usage_source,
+                    r.cost_nanos,
+                    r.cost_currency,
+                    r.report_cost_nanos,
+                    r.report_currency,
+                    r.fx_rate,
+                    r.fx_month,
+                    r.latency_ms,
+                    r.ttft_ms,
+                    r.status,
+                    r.http_status,
+                    r.stream as i64,
+                    r.attempts
+                ])?;
+            }
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    fn rows(&self, f: &LedgerFilter) -> Result<Vec<LedgerRow>, StoreError> {
+        self.with(|c| {
+            let mut st = c.prepare(
+                "SELECT * FROM ledger WHERE ts_ms >= ?1 AND ts_ms < ?2 AND (?3 IS NULL OR key_id = ?3) \
+                 ORDER BY ts_ms, id",
+            )?;
+            let rows = st.query_map(
+                params![f.since_ms.unwrap_or(i64::MIN), f.until_ms.unwrap_or(i64::MAX), f.key_id],
+                row_to_ledger,
+            )?;
+            Ok(rows.collect::<Result<Vec<_>, _>>()?)
+        })
+    }
+
+    fn spend_since(
+        &self,
+        key_id: Option<&str>,
+        group: Option<&str>,
+        since_ms: i64,
+    ) -> Result<Vec<(i64, i64, String)>, StoreError> {
+        self.with(|c| {
+            let mut st = c.prepare(
+                "SELECT ts_ms, cost_nanos, cost_currency FROM ledger WHERE ts_ms >= ?1 AND cost_nanos > 0 \
+                 AND (?2 IS NULL OR key_id = ?2) AND (?3 IS NULL OR group_name = ?3)",
+            )?;
+            let rows = st.query_map(params![since_ms, key_id, group], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?;
+            Ok(rows.collect::<Result<Vec<_>, _>>()?)
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -194,6 +378,7 @@ mod tests {
             .create_key(&NewKey {
                 name: "ci".into(),
                 models: vec!["deepseek/*".into()],
+                ..Default::default()
             })
             .unwrap();
         assert!(key.starts_with("tg-"));
@@ -213,9 +398,48 @@ mod tests {
         assert!(s
             .create_key(&NewKey {
                 name: " ".into(),
-                models: vec![]
+                ..Default::default()
             })
             .is_err());
+        std::fs::remove_dir_all(dir).ok();
+    }
+
+    #[test]
+    fn ledger_appends_reads_and_refuses_edits() {
+        let dir = tmp();
+        let s = SqliteStore::open(&dir).unwrap();
+        let row = |id: &str, ts: i64, cost: i64| LedgerRow {
+            id: id.into(),
+            ts_ms: ts,
+            key_id: "k1".into(),
+            key_name: "n".into(),
+            requested_model: "m".into(),
+            provider: "deepseek".into(),
+            model: "deepseek-chat".into(),
+            usage_source: "vendor".into(),
+            cost_nanos: cost,
+            cost_currency: "CNY".into(),
+            report_currency: "CNY".into(),
+            report_cost_nanos: cost,
+            status: "ok".into(),
+            http_status: 200,
+            attempts: "[]".into(),
+            ..Default::default()
+        };
+        s.append(&[row("a", 10, 5), row("b", 20, 7)]).unwrap();
+        // A batch with a duplicate id is refused whole.
+        assert!(s.append(&[row("c", 30, 1), row("a", 40, 1)]).is_err());
+        let all = s.rows(&LedgerFilter::default()).unwrap();
+        let ids: Vec<_> = all.iter().map(|r| r.id.as_str()).collect();
+        assert_eq!(ids, ["a", "b"]);
+        assert_eq!(
+            s.spend_since(Some("k1"), None, 15).unwrap(),
+            vec![(20, 7, "CNY".to_owned())]
+        );
+        let c = s.conn.lock().unwrap();
+        assert!(c.execute("UPDATE ledger SET cost_nanos = 0", []).is_err());
+        assert!(c.execute("DELETE FROM ledger", []).is_err());
+        drop(c);
         std::fs::remove_dir_all(dir).ok();
     }
 }

@@ -725,8 +725,9 @@ fn validate_tiers(cx: &Cx, p: &str, tiers: &mut [Tier]) -> Result<(), CatalogErr
     Ok(())
 }
 
-/// Fixed-offset zones accepted in `time_zone` (minutes east of UTC).
-fn zone_offset(tz: &str) -> Option<i32> {
+/// Fixed-offset zones accepted in `time_zone` (minutes east of UTC): a few named zones
+/// without daylight saving (`Asia/Shanghai`, `UTC`, ...) and offsets like `+08:00`.
+pub fn zone_offset(tz: &str) -> Option<i32> {
     let known = [
         ("Asia/Shanghai", 480),
         ("Asia/Chongqing", 480),

@@ -1,0 +1,322 @@
+//! Rate limits: requests per minute and tokens per minute, per key and per model.
+//!
+//! Requests use an exact sliding log: a request is admitted when fewer than `rpm`
+//! requests were admitted in the 60 seconds before it, so no 60-second window ever holds
+//! more than `rpm` (a token bucket would let twice that through around a refill).
+//! Tokens use a sliding window of one-second buckets: the request's worst case
+//! (prompt + max output) is reserved at admission and corrected to the vendor's usage
+//! at settlement. Checks across scopes (key, model) are all-or-none.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::Mutex;
+
+const WINDOW_MS: i64 = 60_000;
+
+/// Limits of one scope.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Spec {
+    pub rpm: Option<u32>,
+    pub tpm: Option<u32>,
+}
+
+#[derive(Debug, Default)]
+struct Window {
+    requests: VecDeque<i64>,
+    /// (second, tokens)
+    tokens: VecDeque<(i64, u64)>,
+}
+
+impl Window {
+    fn prune(&mut self, now_ms: i64) {
+        while self
+            .requests
+            .front()
+            .is_some_and(|t| *t <= now_ms - WINDOW_MS)
+        {
+            self.requests.pop_front();
+        }
+        let now_s = now_ms.div_euclid(1000);
+        while self.tokens.front().is_some_and(|(s, _)| *s <= now_s - 60) {
+            self.tokens.pop_front();
+        }
+    }
+
+    fn tokens_used(&self) -> u64 {
+        self.tokens.iter().map(|(_, n)| n).sum()
+    }
+}
+
+/// What a scope has left, for `x-ratelimit-*` headers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Remaining {
+    pub spec: Spec,
+    pub requests_left: u32,
+    pub requests_reset_ms: i64,
+    pub tokens_left: u64,
+    pub tokens_reset_ms: i64,
+}
+
+/// Why a request was refused.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Refusal {
+    pub message: String,
+    pub retry_after_secs: u64,
+    pub remaining: Remaining,
+}
+
+/// Every scope's window.
+#[derive(Default)]
+pub struct Limits {
+    windows: Mutex<HashMap<String, Window>>,
+}
+
+impl Limits {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Admits a request needing `tokens` in every scope, or refuses it. Returns what the
+    /// first scope has left (the key's, for headers).
+    pub fn admit(
+        &self,
+        scopes: &[(String, Spec)],
+        tokens: u64,
+        now_ms: i64,
+    ) -> Result<Option<Remaining>, Refusal> {
+        let mut m = match self.windows.lock() {
+            Ok(m) => m,
+            Err(_) => return Ok(None),
+        };
+        for (id, spec) in scopes {
+            let w = m.entry(id.clone()).or_default();
+            w.prune(now_ms);
+            if let Some(rpm) = spec.rpm {
+                if w.requests.len() as u64 >= u64::from(rpm) {
+                    let oldest = w.requests.front().copied().unwrap_or(now_ms);
+                    let wait = (oldest + WINDOW_MS - now_ms).max(1);
+                    return Err(Refusal {
+                        message: format!("Rate limit reached for {id}: {rpm} requests per minute. Retry after {}s.", ceil_s(wait)),
+                        retry_after_secs: ceil_s(wait),
+                        remaining: remaining(w, *spec, now_ms),
+                    });
+                }
+            }
+            if let Some(tpm) = spec.tpm {
+                let used = w.tokens_used();
+                if tokens > u64::from(tpm) {
+                    return Err(Refusal {
+                        message: format!(
+                            "Request too large for {id}: it may use up to {tokens} tokens, the limit is {tpm} tokens per minute. Lower max_tokens or shorten the prompt."
+                        ),
+                        retry_after_secs: 60,
+                        remaining: remaining(w, *spec, now_ms),
+                    });
+                }
+                if used + tokens > u64::from(tpm) {
+                    // Wait until enough old buckets have left the window.
+                    let mut freed = 0;
+                    let mut wait_s = 60;
+                    for (s, n) in &w.tokens {
+                        freed += n;
+                        if used - freed + tokens <= u64::from(tpm) {
+                            wait_s = (s + 60 - now_ms.div_euclid(1000)).max(1) as u64;
+                            break;
+                        }
+                    }
+                    return Err(Refusal {
+                        message: format!("Rate limit reached for {id}: {tpm} tokens per minute ({used} used). Retry after {wait_s}s."),
+                        retry_after_secs: wait_s,
+                        remaining: remaining(w, *spec, now_ms),
+                    });
+                }
+            }
+        }
+        let mut first = None;
+        for (i, (id, spec)) in scopes.iter().enumerate() {
+            let w = m.entry(id.clone()).or_default();
+            if spec.rpm.is_some() {
+                w.requests.push_back(now_ms);
+            }
+            if spec.tpm.is_some() {
+                add_tokens(w, now_ms.div_euclid(1000), tokens as i64);
+            }
+            if i == 0 {
+                first = Some(remaining(w, *spec, now_ms));
+            }
+        }
+        Ok(first)
+    }
+
+    /// Corrects a token reservation made at `at_ms` to the actual count.
+    pub fn settle_tokens(&self, scopes: &[(String, Spec)], reserved: u64, actual: u64, at_ms: i64) {
+        if let Ok(mut m) = self.windows.lock() {
+            for (id, spec) in scopes {
+                if spec.tpm.is_none() {
+                    continue;
+                }
+                if let Some(w) = m.get_mut(id) {
+                    add_tokens(w, at_ms.div_euclid(1000), actual as i64 - reserved as i64);
+                }
+            }
+        }
+    }
+}
+
+fn add_tokens(w: &mut Window, second: i64, delta: i64) {
+    if let Some(b) = w.tokens.iter_mut().rev().find(|(s, _)| *s == second) {
+        b.1 = (b.1 as i64 + delta).max(0) as u64;
+    } else if delta > 0 {
+        // Keep seconds ordered; a settlement for an older second lands in its bucket
+        // when it still exists, else it is already outside the window.
+        let pos = w
+            .tokens
+            .iter()
+            .position(|(s, _)| *s > second)
+            .unwrap_or(w.tokens.len());
+        w.tokens.insert(pos, (second, delta as u64));
+    }
+}
+
+fn ceil_s(ms: i64) -> u64 {
+    (ms.max(0) as u64).div_ceil(1000)
+}
+
+fn remaining(w: &Window, spec: Spec, now_ms: i64) -> Remaining {
+    let req_reset = w
+        .requests
+        .front()
+        .map(|t| t + WINDOW_MS - now_ms)
+        .unwrap_or(0)
+        .max(0);
+    let tok_reset = w
+        .tokens
+        .front()
+        .map(|(s, _)| (s + 60) * 1000 - now_ms)
+        .unwrap_or(0)
+        .max(0);
+    Remaining {
+        spec,
+        requests_left: spec
+            .rpm
+            .map(|r| r.saturating_sub(w.requests.len() as u32))
+            .unwrap_or(0),
+        requests_reset_ms: req_reset,
+        tokens_left: spec
+            .tpm
+            .map(|t| u64::from(t).saturating_sub(w.tokens_used()))
+            .unwrap_or(0),
+        tokens_reset_ms: tok_reset,
+    }
+}
+
+/// `x-ratelimit-*` headers in OpenAI's style (`reset` as `1s`, `6m0s`).
+pub fn headers(r: &Remaining) -> Vec<(&'static str, String)> {
+    let dur = |ms: i64| {
+        let s = ceil_s(ms);
+        if s >= 60 {
+            format!("{}m{}s", s / 60, s % 60)
+        } else {
+            format!("{s}s")
+        }
+    };
+    let mut h = Vec::new();
+    if let Some(rpm) = r.spec.rpm {
+        h.push(("x-ratelimit-limit-requests", rpm.to_string()));
+        h.push((
+            "x-ratelimit-remaining-requests",
+            r.requests_left.to_string(),
+        ));
+        h.push(("x-ratelimit-reset-requests", dur(r.requests_reset_ms)));
+    }
+    if let Some(tpm) = r.spec.tpm {
+        h.push(("x-ratelimit-limit-tokens", tpm.to_string()));
+        h.push(("x-ratelimit-remaining-tokens", r.tokens_left.to_string()));
+        h.push(("x-ratelimit-reset-tokens", dur(r.tokens_reset_ms)));
+    }
+    h
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key(rpm: Option<u32>, tpm: Option<u32>) -> Vec<(String, Spec)> {
+        vec![("key k".into(), Spec { rpm, tpm })]
+    }
+
+    #[test]
+    fn rpm_is_exact_over_any_window() {
+        let l = Limits::new();
+        let s = key(Some(3), None);
+        for t in [0, 10, 20] {
+            assert!(l.admit(&s, 0, t).is_ok());
+        }
+        let e = l.admit(&s, 0, 59_999).unwrap_err();
+        assert_eq!(e.retry_after_secs, 1);
+        assert!(l.admit(&s, 0, 60_000).is_ok());
+        // Simulated traffic: never more than 3 admitted in any 60 s window.
+        let l = Limits::new();
+        let mut admitted = Vec::new();
+        for t in (0..600_000).step_by(700) {
+            if l.admit(&s, 0, t).is_ok() {
+                admitted.push(t);
+            }
+        }
+        for (i, t) in admitted.iter().enumerate() {
+            let in_window = admitted[i..]
+                .iter()
+                .take_while(|u| **u < t + 60_000)
+                .count();
+            assert!(in_window <= 3);
+        }
+        assert!(admitted.len() >= 29);
+    }
+
+    #[test]
+    fn tpm_reserves_and_settles() {
+        let l = Limits::new();
+        let s = key(None, Some(1000));
+        assert!(l.admit(&s, 600, 0).is_ok());
+        assert!(l.admit(&s, 600, 1000).is_err());
+        l.settle_tokens(&s, 600, 100, 0);
+        let r = l.admit(&s, 600, 1000).unwrap().unwrap();
+        assert_eq!(r.tokens_left, 300);
+        assert!(l
+            .admit(&s, 2000, 2000)
+            .unwrap_err()
+            .message
+            .contains("too large"));
+        // Old buckets leave the window.
+        assert!(l.admit(&s, 900, 61_500).is_ok());
+    }
+
+    #[test]
+    fn all_or_none_and_headers() {
+        let l = Limits::new();
+        let scopes = vec![
+            (
+                "key k".to_owned(),
+                Spec {
+                    rpm: Some(10),
+                    tpm: None,
+                },
+            ),
+            (
+                "model m".to_owned(),
+                Spec {
+                    rpm: Some(1),
+                    tpm: None,
+                },
+            ),
+        ];
+        let r = l.admit(&scopes, 0, 0).unwrap().unwrap();
+        assert_eq!(r.requests_left, 9);
+        assert!(l.admit(&scopes, 0, 5).is_err());
+        // The refused request used nothing of the key's allowance.
+        let r = l.admit(&scopes[..1], 0, 6).unwrap().unwrap();
+        assert_eq!(r.requests_left, 8);
+        let h = headers(&r);
+        assert!(h.contains(&("x-ratelimit-remaining-requests", "8".to_owned())));
+        assert!(h.contains(&("x-ratelimit-reset-requests", "1m0s".to_owned())));
+    }
+}

@@ -1,0 +1,492 @@
+//! Metering one request: admission (rate limits, then a budget reservation of the
+//! worst-case cost) before the upstream call, and settlement after it (the cost from
+//! the vendor's usage at the price in force, budgets and token limits corrected, one
+//! ledger row committed).
+//!
+//! A [`Ticket`] is the request's claim on limits and budgets. It is settled exactly once:
+//! by [`Ticket::settle`] on every path that can wait for the ledger, or, if the request
+//! is abandoned (its client went away while tollgate waited on the upstream), by `Drop`,
+//! which settles with an estimate flagged as such and writes the row without waiting.
+
+use std::sync::Arc;
+
+use chrono::{DateTime, Utc};
+use tokio::time::Instant;
+use tollgate_core::catalog::Conversion;
+use tollgate_core::chat::{ChatRequest, Usage};
+use tollgate_core::error::ErrorKind;
+use tollgate_core::pricing::{cost_of, estimate_max_cost};
+use tollgate_core::{Currency, GatewayError, ModelEntry, Money};
+use tollgate_store::{KeyRecord, LedgerRow};
+
+use crate::budget::{Budget, Period};
+use crate::limits::{self, Spec};
+use crate::state::{AppState, Resolved};
+use crate::tokens;
+use crate::RequestId;
+
+/// How a request ended, as the ledger records it.
+#[derive(Debug, Clone)]
+pub struct Outcome {
+    /// What the vendor reported, if it did.
+    pub usage: Option<Usage>,
+    /// Completion tokens tollgate counted itself (what a cut stream delivered), used
+    /// when the vendor reported nothing.
+    pub completion_estimate: u64,
+    /// Whether the upstream was reached at all (a refused or unreachable call costs
+    /// nothing).
+    pub upstream_reached: bool,
+    pub status: &'static str,
+    pub http_status: u16,
+    pub ttft_ms: Option<i64>,
+}
+
+/// The cost a settled request carries back to the client.
+#[derive(Debug, Clone)]
+pub struct Priced {
+    /// In the vendor's currency; `None` when the model has no catalog price.
+    pub cost: Option<Money>,
+    pub conversion: Option<Conversion>,
+    pub usage: Usage,
+}
+
+impl Priced {
+    /// `x-tollgate-cost`: `0.000412 CNY`, or `unpriced`.
+    pub fn header(&self) -> String {
+        self.cost
+            .as_ref()
+            .map(|m| m.to_string())
+            .unwrap_or_else(|| "unpriced".to_owned())
+    }
+
+    /// `x-tollgate-cost-converted`: `0.000057 USD; rate USD/CNY 7.1268 (2026-11)`.
+    pub fn converted_header(&self) -> Option<String> {
+        self.conversion.as_ref().map(|c| {
+            format!(
+                "{}; rate {}/{} {} ({})",
+                c.amount, c.rate_base, c.rate_quote, c.rate, c.rate_month
+            )
+        })
+    }
+}
+
+/// A request's claim on limits and budgets, until settled.
+pub struct Ticket {
+    state: Arc<AppState>,
+    row: LedgerRow,
+    entry: Option<Arc<ModelEntry>>,
+    prompt_estimate: u64,
+    budgets: Vec<(String, i128, Currency)>,
+    scopes: Vec<(String, Spec)>,
+    tpm_reserved: u64,
+    admitted_ms: i64,
+    started: Instant,
+    /// The worst case reserved, in the vendor's currency.
+    pub max_cost: Option<Money>,
+    /// `x-ratelimit-*` headers for the key.
+    pub rate_headers: Vec<(&'static str, String)>,
+    settled: bool,
+}
+
+fn convert(state: &AppState, m: &Money, to: Currency, at: DateTime<Utc>) -> Option<Conversion> {
+    state.catalog.fx().convert(m, to, at.date_naive()).ok()
+}
+
+fn amount_in(
+    state: &AppState,
+    m: &Money,
+    to: Currency,
+    at: DateTime<Utc>,
+) -> Result<i128, GatewayError> {
+    if m.currency == to {
+        return Ok(m.nanos);
+    }
+    convert(state, m, to, at)
+        .map(|c| c.amount.nanos)
+        .ok_or_else(|| {
+            tracing::error!(from = %m.currency, to = %to, "no FX rate");
+            GatewayError::internal()
+        })
+}
+
+/// The budgets that apply to a key: its own and its group's.
+pub fn budgets_for(state: &AppState, key: &KeyRecord) -> Result<Vec<Budget>, GatewayError> {
+    budgets_for_config(&state.config, key).map_err(|e| {
+        tracing::error!(key = %key.id, "{e}");
+        GatewayError::internal()
+    })
+}
+
+/// [`budgets_for`] from a config alone (for the CLI).
+pub fn budgets_for_config(config: &crate::Config, key: &KeyRecord) -> Result<Vec<Budget>, String> {
+    let mut out = Vec::new();
+    let bad = |e: GatewayError| e.message;
+    if let Some(spec) = &key.budget {
+        out.push(
+            parse_budget(
+                &format!("key:{}", key.id),
+                &format!("key '{}'", key.name),
+                spec,
+            )
+            .map_err(bad)?,
+        );
+    }
+    if let Some(g) = &key.group {
+        if let Some(spec) = config.groups.get(g) {
+            out.push(
+                parse_budget(&format!("group:{g}"), &format!("group '{g}'"), spec).map_err(bad)?,
+            );
+        }
+    }
+    Ok(out)
+}
+
+/// A stored or configured budget spec, validated.
+pub fn parse_budget(
+    id: &str,
+    owner: &str,
+    spec: &tollgate_store::BudgetSpec,
+) -> Result<Budget, GatewayError> {
+    let bad = |m: String| {
+        tracing::error!(budget = id, "{m}");
+        GatewayError::internal()
+    };
+    let currency: Currency = spec
+        .currency
+        .parse()
+        .map_err(|_| bad(format!("bad currency {}", spec.currency)))?;
+    let limit =
+        Money::from_decimal(&spec.amount, currency).map_err(|e| bad(format!("bad amount: {e}")))?;
+    let period: Period = spec.period.parse().map_err(bad)?;
+    let utc_offset_minutes = match &spec.time_zone {
+        Some(tz) => tollgate_core::catalog::zone_offset(tz)
+            .ok_or_else(|| bad(format!("bad time zone {tz}")))?,
+        None => Budget::default_offset(currency),
+    };
+    Ok(Budget {
+        id: id.to_owned(),
+        owner: owner.to_owned(),
+        limit,
+        period,
+        utc_offset_minutes,
+    })
+}
+
+/// Spend of a budget in its current window, from the ledger (converted with dated FX).
+pub fn spent_in_window(
+    catalog: &tollgate_core::Catalog,
+    ledger: &dyn tollgate_store::LedgerStore,
+    b: &Budget,
+    key: &KeyRecord,
+    now: DateTime<Utc>,
+) -> Result<i128, String> {
+    let (start, _) = b.window(now);
+    let rows = if b.id.starts_with("group:") {
+        ledger.spend_since(None, key.group.as_deref(), start)
+    } else {
+        ledger.spend_since(Some(&key.id), None, start)
+    }
+    .map_err(|e| e.to_string())?;
+    let mut spent: i128 = 0;
+    for (ts, nanos, cur) in rows {
+        let Ok(cur) = cur.parse::<Currency>() else {
+            continue;
+        };
+        let m = Money::new(i128::from(nanos), cur);
+        if cur == b.limit.currency {
+            spent += m.nanos;
+        } else {
+            let at = DateTime::from_timestamp_millis(ts)
+                .unwrap_or(now)
+                .date_naive();
+            let c = catalog
+                .fx()
+                .convert(&m, b.limit.currency, at)
+                .map_err(|e| e.to_string())?;
+            spent += c.amount.nanos;
+        }
+    }
+    Ok(spent)
+}
+
+/// Makes sure a budget's state is loaded: its spend in the current window, from the
+/// ledger.
+async fn ensure_loaded(
+    state: &Arc<AppState>,
+    b: &Budget,
+    key: &KeyRecord,
+    now: DateTime<Utc>,
+) -> Result<(), GatewayError> {
+    if state.budgets.is_loaded(b) {
+        return Ok(());
+    }
+    let st = state.clone();
+    let (b2, key2) = (b.clone(), key.clone());
+    let spent = tokio::task::spawn_blocking(move || {
+        spent_in_window(&st.catalog, st.ledger_store.as_ref(), &b2, &key2, now)
+    })
+    .await
+    .map_err(|_| GatewayError::internal())?
+    .map_err(|e| {
+        tracing::error!(error = %e, "reading spend failed");
+        GatewayError::internal()
+    })?;
+    state.budgets.load(b.clone(), spent, now);
+    Ok(())
+}
+
+/// Rate limits, then the budget reservation. Refusals are 429s.
+pub async fn admit(
+    state: &Arc<AppState>,
+    rid: &RequestId,
+    key: &KeyRecord,
+    req: &ChatRequest,
+    r: &Resolved,
+) -> Result<Ticket, GatewayError> {
+    let now = Utc::now();
+    let now_ms = now.timestamp_millis();
+    let entry = r.entry.clone();
+    let prompt_estimate = tokens::prompt_tokens(req, r.provider.cfg.kind, &r.model);
+    let max_out = req
+        .max_output_tokens()
+        .map(u64::from)
+        .or(entry.as_ref().map(|e| e.max_output).filter(|m| *m > 0))
+        .unwrap_or(4_096);
+    let reserve_tokens = tokens::reservation_tokens(prompt_estimate) + max_out;
+
+    let mut scopes = Vec::new();
+    if key.rpm.is_some() || key.tpm.is_some() {
+        scopes.push((
+            format!("key '{}'", key.name),
+            Spec {
+                rpm: key.rpm,
+                tpm: key.tpm,
+            },
+        ));
+    }
+    let model_id = format!("{}/{}", r.provider.cfg.id, r.model);
+    if let Some(spec) = state.config.model_limits.get(&model_id) {
+        scopes.push((format!("model {model_id}"), *spec));
+    }
+    let mut rate_headers = Vec::new();
+    if !scopes.is_empty() {
+        match state.limits.admit(&scopes, reserve_tokens, now_ms) {
+            Ok(Some(rem)) if scopes[0].0.starts_with("key ") => {
+                rate_headers = limits::headers(&rem)
+            }
+            Ok(_) => {}
+            Err(refusal) => {
+                return Err(GatewayError::new(ErrorKind::RateLimited, refusal.message)
+                    .with_code("rate_limit_exceeded")
+                    .with_retry_after(Some(refusal.retry_after_secs)))
+            }
+        }
+    }
+
+    // Reserve before the ticket exists: a refused request leaves no ledger row.
+    let mut max_cost = None;
+    let mut reserved = Vec::new();
+    let budgets = budgets_for(state, key)?;
+    if let Some(e) = &entry {
+        let max = estimate_max_cost(e, tokens::reservation_tokens(prompt_estimate), max_out, now)
+            .map_err(|err| {
+            tracing::error!(error = %err, model = %model_id, "cannot estimate cost");
+            GatewayError::internal()
+        })?;
+        max_cost = Some(max.amount);
+        if !budgets.is_empty() {
+            let mut items = Vec::new();
+            for b in &budgets {
+                ensure_loaded(state, b, key, now).await?;
+                items.push((
+                    b.id.clone(),
+                    amount_in(state, &max.amount, b.limit.currency, now)?,
+                    b.limit.currency,
+                ));
+            }
+            let reserve: Vec<(String, i128)> =
+                items.iter().map(|(i, a, _)| (i.clone(), *a)).collect();
+            if let Err(refusal) = state.budgets.reserve(&reserve, now) {
+                state
+                    .limits
+                    .settle_tokens(&scopes, reserve_tokens, 0, now_ms);
+                return Err(
+                    GatewayError::new(ErrorKind::InsufficientQuota, refusal.message)
+                        .with_code("insufficient_quota"),
+                );
+            }
+            reserved = items;
+        }
+    } else if !budgets.is_empty() {
+        state
+            .limits
+            .settle_tokens(&scopes, reserve_tokens, 0, now_ms);
+        // A budget cannot be enforced on a model without a price: refuse rather than
+        // spend blindly.
+        return Err(GatewayError::new(
+            ErrorKind::InsufficientQuota,
+            format!(
+                "The model '{model_id}' has no price in the catalog, so the {} cannot be enforced for it",
+                budgets[0].describe()
+            ),
+        )
+        .with_code("insufficient_quota"));
+    }
+    Ok(Ticket {
+        state: state.clone(),
+        row: LedgerRow {
+            id: rid.0.clone(),
+            ts_ms: now_ms,
+            key_id: key.id.clone(),
+            key_name: key.name.clone(),
+            group: key.group.clone(),
+            requested_model: req.model.clone(),
+            provider: r.provider.cfg.id.clone(),
+            model: r.model.clone(),
+            stream: req.is_stream(),
+            report_currency: state.config.reporting_currency.clone(),
+            ..Default::default()
+        },
+        entry: entry.clone(),
+        prompt_estimate,
+        budgets: reserved,
+        scopes,
+        tpm_reserved: reserve_tokens,
+        admitted_ms: now_ms,
+        started: Instant::now(),
+        max_cost,
+        rate_headers,
+        settled: false,
+    })
+}
+
+impl Ticket {
+    /// Milliseconds since admission.
+    pub fn elapsed_ms(&self) -> i64 {
+        self.started.elapsed().as_millis() as i64
+    }
+
+    /// Prices the outcome, settles budgets and limits, and commits the ledger row. An
+    /// `Err` means the row could not be written: the caller must not deliver the answer
+    /// as if it were recorded.
+    pub async fn settle(mut self, outcome: Outcome) -> Result<Priced, GatewayError> {
+        let (row, priced) = self.price_and_release(&outcome);
+        self.settled = true;
+        self.state.ledger.append(row).await.map_err(|e| {
+            tracing::error!(error = %e, request_id = %self.row.id, "ledger write failed");
+            GatewayError::new(
+                ErrorKind::Internal,
+                "the gateway could not record this request; it was not delivered",
+            )
+        })?;
+        Ok(priced)
+    }
+
+    fn price_and_release(&self, outcome: &Outcome) -> (LedgerRow, Priced) {
+        let now = Utc::now();
+        let (usage, source) = match (&outcome.usage, outcome.upstream_reached) {
+            (Some(u), _) => (u.clone(), "vendor"),
+            (None, true) => (
+                Usage {
+                    prompt_tokens: self.prompt_estimate,
+                    completion_tokens: outcome.completion_estimate,
+                    ..Default::default()
+                },
+                "estimated",
+            ),
+            (None, false) => (Usage::default(), "none"),
+        };
+        let mut row = self.row.clone();
+        let mut priced = Priced {
+            cost: None,
+            conversion: None,
+            usage: usage.clone(),
+        };
+        if let Some(e) = &self.entry {
+            match cost_of(
+                e,
+                &usage,
+                DateTime::from_timestamp_millis(self.row.ts_ms).unwrap_or(now),
+            ) {
+                Ok(c) => {
+                    row.price_id = Some(c.price_id.clone());
+                    priced.cost = Some(c.amount);
+                }
+                Err(err) => tracing::error!(error = %err, request_id = %row.id, "pricing failed"),
+            }
+        }
+        let cost = priced.cost.unwrap_or_else(|| Money::zero(Currency::Usd));
+        let report: Currency = row.report_currency.parse().unwrap_or(Currency::Cny);
+        row.cost_nanos = i64::try_from(cost.nanos).unwrap_or(i64::MAX);
+        row.cost_currency = cost.currency.to_string();
+        if cost.currency == report {
+            row.report_cost_nanos = row.cost_nanos;
+        } else if let Some(conv) = convert(&self.state, &cost, report, now) {
+            row.report_cost_nanos = i64::try_from(conv.amount.nanos).unwrap_or(i64::MAX);
+            row.fx_rate = Some(format!(
+                "{}/{} {}",
+                conv.rate_base, conv.rate_quote, conv.rate
+            ));
+            row.fx_month = Some(conv.rate_month.clone());
+            priced.conversion = Some(conv);
+        }
+        // Budgets: replace each reservation by the actual cost in its currency.
+        let settle: Vec<(String, i128, i128)> = self
+            .budgets
+            .iter()
+            .map(|(id, reserved, cur)| {
+                let actual = if cost.currency == *cur {
+                    cost.nanos
+                } else {
+                    convert(&self.state, &cost, *cur, now)
+                        .map(|c| c.amount.nanos)
+                        .unwrap_or(*reserved)
+                };
+                (id.clone(), *reserved, actual)
+            })
+            .collect();
+        self.state.budgets.settle(&settle, now);
+        self.state.limits.settle_tokens(
+            &self.scopes,
+            self.tpm_reserved,
+            usage.total_tokens(),
+            self.admitted_ms,
+        );
+        row.prompt_tokens = usage.prompt_tokens as i64;
+        row.completion_tokens = usage.completion_tokens as i64;
+        row.cached_tokens = usage.cached_tokens as i64;
+        row.cache_write_tokens = usage.cache_write_tokens as i64;
+        row.reasoning_tokens = usage.reasoning_tokens as i64;
+        row.usage_source = source.to_owned();
+        row.latency_ms = self.elapsed_ms();
+        row.ttft_ms = outcome.ttft_ms;
+        row.status = outcome.status.to_owned();
+        row.http_status = i64::from(outcome.http_status);
+        row.attempts = serde_json::json!([{
+            "provider": row.provider, "model": row.model, "outcome": outcome.status,
+            "latency_ms": row.latency_ms,
+        }])
+        .to_string();
+        (row, priced)
+    }
+}
+
+impl Drop for Ticket {
+    fn drop(&mut self) {
+        if self.settled {
+            return;
+        }
+        // Abandoned while the upstream was working: the vendor has likely billed the
+        // prompt. Settle with the estimate, flagged, and write without waiting.
+        let (row, _) = self.price_and_release(&Outcome {
+            usage: None,
+            completion_estimate: 0,
+            upstream_reached: true,
+            status: "client_disconnected",
+            http_status: 499,
+            ttft_ms: None,
+        });
+        self.settled = true;
+        self.state.ledger.append_detached(row);
+    }
+}
