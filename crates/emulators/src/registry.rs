@@ -4,7 +4,7 @@ use axum::Router;
 
 use crate::common::EmulatorOptions;
 use crate::openai::{self, Dialect};
-use crate::{anthropic, gemini};
+use crate::{anthropic, dashscope, doubao, gemini, zhipu};
 
 /// An emulator `tollgate emulate` can start.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -18,6 +18,9 @@ pub enum EmulatorKind {
     Hunyuan,
     Anthropic,
     Gemini,
+    Zhipu,
+    Doubao,
+    DashScope,
 }
 
 impl EmulatorKind {
@@ -32,6 +35,9 @@ impl EmulatorKind {
         EmulatorKind::Hunyuan,
         EmulatorKind::Anthropic,
         EmulatorKind::Gemini,
+        EmulatorKind::Zhipu,
+        EmulatorKind::Doubao,
+        EmulatorKind::DashScope,
     ];
 
     /// The name `tollgate emulate` takes.
@@ -46,6 +52,9 @@ impl EmulatorKind {
             EmulatorKind::Hunyuan => "hunyuan",
             EmulatorKind::Anthropic => "anthropic",
             EmulatorKind::Gemini => "gemini",
+            EmulatorKind::Zhipu => "zhipu",
+            EmulatorKind::Doubao => "doubao",
+            EmulatorKind::DashScope => "dashscope",
         }
     }
 
@@ -60,6 +69,11 @@ impl EmulatorKind {
             EmulatorKind::Qianfan | EmulatorKind::Spark | EmulatorKind::Hunyuan => "",
             // The SDKs and codecs append `/v1/messages` and `/v1beta/models/...`.
             EmulatorKind::Anthropic | EmulatorKind::Gemini => "",
+            EmulatorKind::Zhipu => "/api/paas/v4",
+            EmulatorKind::Doubao => "/api/v3",
+            // The native API lives under /api/v1/..., compatible mode under
+            // /compatible-mode/v1: the provider's base URL is the root.
+            EmulatorKind::DashScope => "",
         }
     }
 }
@@ -90,5 +104,8 @@ pub fn router_for(kind: EmulatorKind, opts: EmulatorOptions) -> Router {
         EmulatorKind::Hunyuan => crate::hunyuan::router(opts),
         EmulatorKind::Anthropic => anthropic::router(opts),
         EmulatorKind::Gemini => gemini::router(opts),
+        EmulatorKind::Zhipu => zhipu::router(opts),
+        EmulatorKind::Doubao => doubao::router(opts),
+        EmulatorKind::DashScope => dashscope::router(opts),
     }
 }

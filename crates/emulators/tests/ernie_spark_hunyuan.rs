@@ -111,7 +111,7 @@ fn stream_events(
 #[tokio::test]
 async fn ernie_token_chat_stream_expiry_and_errors() {
     let base = start(EmulatorKind::Qianfan).await;
-    let codec = codec_for(tollgate_core::ProviderKind::Ernie, Mode::Native).unwrap();
+    let codec = codec_for(tollgate_core::ProviderKind::Ernie, Mode::Native);
     let mut c = creds();
 
     // Wrong secret: the OAuth endpoint's own error.
@@ -244,7 +244,7 @@ async fn ernie_token_chat_stream_expiry_and_errors() {
 #[tokio::test]
 async fn ernie_emulator_rejects_even_messages() {
     let base = start(EmulatorKind::Qianfan).await;
-    let codec = codec_for(tollgate_core::ProviderKind::Ernie, Mode::Native).unwrap();
+    let codec = codec_for(tollgate_core::ProviderKind::Ernie, Mode::Native);
     let tr = codec.token_request(&base, &creds()).unwrap();
     let r = send(&tr, &[]).await;
     let tok = codec.decode_token(r.status, &r.body).unwrap();
@@ -269,7 +269,7 @@ async fn ernie_emulator_rejects_even_messages() {
 #[tokio::test]
 async fn hunyuan_signed_chat_stream_and_auth_failures() {
     let base = start(EmulatorKind::Hunyuan).await;
-    let codec = codec_for(tollgate_core::ProviderKind::Hunyuan, Mode::Native).unwrap();
+    let codec = codec_for(tollgate_core::ProviderKind::Hunyuan, Mode::Native);
     let c = creds();
     let req = request(json!({"model":"hunyuan-lite","messages":[
         {"role":"system","content":"be brief"},{"role":"user","content":"你好"},{"role":"user","content":"again"}]}));
@@ -397,7 +397,7 @@ async fn spark_exchange(
     ctx: &EncodeCtx<'_>,
     fault: Option<&str>,
 ) -> Result<Vec<StreamEvent>, tollgate_core::UpstreamError> {
-    let codec = codec_for(tollgate_core::ProviderKind::Spark, Mode::Native).unwrap();
+    let codec = codec_for(tollgate_core::ProviderKind::Spark, Mode::Native);
     let Outbound::WebSocket(ws) = codec.encode(req, ctx).unwrap() else {
         panic!("expected WebSocket");
     };
@@ -564,7 +564,7 @@ async fn openai_compatible_endpoints() {
         ),
     ] {
         let base = format!("{}{base_suffix}", start(kind).await);
-        let codec = codec_for(pkind, Mode::OpenAi).unwrap();
+        let codec = codec_for(pkind, Mode::OpenAi);
         let c = creds();
         let req = request(json!({"model":model,"messages":[{"role":"user","content":"hi"}]}));
         let ctx = EncodeCtx {

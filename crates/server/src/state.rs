@@ -114,8 +114,7 @@ impl AppState {
         let mut providers = BTreeMap::new();
         let mut by_model: HashMap<String, Vec<Arc<Provider>>> = HashMap::new();
         for p in &config.providers {
-            let codec = tollgate_providers::codec_for(p.kind, p.mode)
-                .map_err(|e| format!("providers.{}: {e}", p.id))?;
+            let codec = tollgate_providers::codec_for(p.kind, p.mode);
             let vendor: Vec<&ModelEntry> = if p.kind == ProviderKind::OpenAiCompatible {
                 Vec::new()
             } else {
