@@ -13,7 +13,7 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use http_body_util::BodyExt;
 use tokio::sync::mpsc;
-use tollgate_core::chat::{ChatChunk, ChatRequest, Usage};
+use tollgate_core::chat::{ChatRequest, Usage};
 use tollgate_core::error::ErrorKind;
 use tollgate_core::{GatewayError, UpstreamError};
 use tollgate_providers::{DecodeCtx, EncodeCtx, Outbound, StreamDecoder, StreamEvent};
@@ -24,6 +24,7 @@ use crate::metering::{self, Outcome, Ticket};
 use crate::state::{AppState, Resolved};
 use crate::tokens;
 use crate::upstream::UpstreamBody;
+use crate::wire::{StreamWriter, Wire};
 use crate::RequestId;
 
 /// Largest upstream body read for a non-stream answer.
@@ -106,7 +107,10 @@ pub async fn chat_completions(
     let resolved = state.resolve(&req.model)?;
     authorize(&key, &resolved)?;
     let ticket = metering::admit(&state, &rid, &key, &req, &resolved).await?;
-    Ok(complete(&state, &rid, &req, &resolved, ticket).await?)
+    let wire = Wire::OpenAi {
+        include_usage: req.wants_stream_usage(),
+    };
+    Ok(complete(&state, &rid, &req, &resolved, ticket, wire).await?)
 }
 
 /// 403 when the key may not use the model.
@@ -337,6 +341,7 @@ pub async fn complete(
     req: &ChatRequest,
     r: &Resolved,
     ticket: Ticket,
+    wire: Wire,
 ) -> Result<Response, GatewayError> {
     let now = chrono::Utc::now();
     let dctx = DecodeCtx {
@@ -382,7 +387,7 @@ pub async fn complete(
             if let Some(u) = out.usage.as_mut() {
                 u.cost = priced.cost.as_ref().map(ToString::to_string);
             }
-            let json = serde_json::to_vec(&out).map_err(|_| GatewayError::internal())?;
+            let json = wire.full_body(&out)?;
             let mut response = Response::new(Body::from(json));
             let h = response.headers_mut();
             h.insert("content-type", HeaderValue::from_static("application/json"));
@@ -421,11 +426,10 @@ pub async fn complete(
                 insert(h, k, v);
             }
             let relay = Relay {
+                writer: wire.stream_writer(&rid.0, &r.model, ticket.prompt_estimate()),
                 rid: rid.clone(),
                 provider: r.provider.cfg.id.clone(),
                 model: r.model.clone(),
-                wants_usage: req.wants_stream_usage(),
-                last: None,
                 usage: None,
                 done: false,
                 completion_estimate: 0,
@@ -469,12 +473,11 @@ fn add_route_headers(h: &mut HeaderMap, r: &Resolved) {
 
 /// Relays one upstream stream to one client, and settles its ticket at the end.
 struct Relay {
+    /// Writes the client's wire format.
+    writer: Box<dyn StreamWriter>,
     rid: RequestId,
     provider: String,
     model: String,
-    wants_usage: bool,
-    /// The last chunk seen: its id/created/model label the usage chunk.
-    last: Option<(String, i64, String)>,
     usage: Option<Usage>,
     done: bool,
     /// Tokens of the content relayed so far (for a stream cut before the vendor's usage).
@@ -545,48 +548,23 @@ impl Relay {
                 "the upstream stream ended before completion",
             ));
         }
-        match failure {
+        let closing = match failure {
             Some(e) => {
                 tracing::warn!(request_id = %self.rid.0, provider = %self.provider, error = %e, "stream failed");
-                let ge = e.to_gateway_error(&self.provider);
                 self.settle("upstream_cut", 200).await;
-                let line = format!("data: {}\n\n", ge.to_openai_json());
-                let _ = tx.send(Ok(Bytes::from(line))).await;
+                self.writer.error(&e.to_gateway_error(&self.provider))
             }
-            None => {
-                let priced = match self.settle("ok", 200).await {
-                    Some(Ok(p)) => p,
-                    Some(Err(ge)) => {
-                        let line = format!("data: {}\n\n", ge.to_openai_json());
-                        let _ = tx.send(Ok(Bytes::from(line))).await;
-                        return;
-                    }
-                    None => return,
-                };
-                if self.wants_usage {
-                    let (id, created, model) = self.last.clone().unwrap_or_else(|| {
-                        (
-                            self.rid.0.clone(),
-                            chrono::Utc::now().timestamp(),
-                            self.model.clone(),
-                        )
-                    });
-                    let mut usage = priced.usage.clone();
-                    usage.cost = priced.cost.as_ref().map(ToString::to_string);
-                    let chunk = ChatChunk {
-                        id,
-                        object: "chat.completion.chunk".to_owned(),
-                        created,
-                        model,
-                        choices: Vec::new(),
-                        system_fingerprint: None,
-                        usage: Some(usage),
-                    };
-                    if let Ok(json) = serde_json::to_string(&chunk) {
-                        let _ = tx.send(Ok(Bytes::from(format!("data: {json}\n\n")))).await;
-                    }
-                }
-                let _ = tx.send(Ok(Bytes::from_static(b"data: [DONE]\n\n"))).await;
+            // The row is committed before the closing bytes go out: a client that saw
+            // the end of the stream is in the ledger.
+            None => match self.settle("ok", 200).await {
+                Some(Ok(priced)) => self.writer.finish(&priced),
+                Some(Err(ge)) => self.writer.error(&ge),
+                None => Vec::new(),
+            },
+        };
+        for b in closing {
+            if tx.send(Ok(b)).await.is_err() {
+                break;
             }
         }
     }
@@ -626,9 +604,8 @@ impl Relay {
         tx: &mpsc::Sender<Result<Bytes, Infallible>>,
     ) -> Flow {
         for ev in events.drain(..) {
-            match ev {
-                StreamEvent::Chunk(mut c) => {
-                    c.usage = None;
+            match &ev {
+                StreamEvent::Chunk(c) => {
                     for ch in &c.choices {
                         let d = &ch.delta;
                         self.completion_estimate +=
@@ -643,20 +620,14 @@ impl Relay {
                             }
                         }
                     }
-                    self.last = Some((c.id.clone(), c.created, c.model.clone()));
-                    let Ok(json) = serde_json::to_vec(&c) else {
-                        continue;
-                    };
-                    let mut line = Vec::with_capacity(json.len() + 8);
-                    line.extend_from_slice(b"data: ");
-                    line.extend_from_slice(&json);
-                    line.extend_from_slice(b"\n\n");
-                    if tx.send(Ok(Bytes::from(line))).await.is_err() {
-                        return Flow::ClientGone;
-                    }
                 }
-                StreamEvent::Usage(u) => self.usage = Some(u),
+                StreamEvent::Usage(u) => self.usage = Some(u.clone()),
                 StreamEvent::Done => self.done = true,
+            }
+            for b in self.writer.event(&ev) {
+                if tx.send(Ok(b)).await.is_err() {
+                    return Flow::ClientGone;
+                }
             }
         }
         Flow::Continue

@@ -5,6 +5,8 @@
 //! - [`config`]: the TOML config, parsed ([`config::RawConfig`]) then validated ([`Config`]).
 //! - [`state`]: [`AppState`]: providers, the model index, the key cache.
 //! - [`chat`]: `POST /v1/chat/completions`, the request lifecycle from accept to relay.
+//! - [`messages`]: `POST /v1/messages`, Anthropic's API inbound, on the same lifecycle;
+//!   [`wire`] writes answers and streams in either API's shape.
 //! - [`metering`]: admission (rate limits, budget reservation) and settlement (cost,
 //!   ledger row) of one request; [`budget`], [`limits`] and [`tokens`] do the parts.
 //! - [`ledger`]: the group-commit ledger writer thread.
@@ -24,11 +26,13 @@ pub mod config;
 pub mod error;
 pub mod ledger;
 pub mod limits;
+pub mod messages;
 pub mod metering;
 pub mod reports;
 pub mod state;
 pub mod tokens;
 pub mod upstream;
+pub mod wire;
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -75,6 +79,7 @@ pub fn app(state: Arc<AppState>) -> Router {
     Router::new()
         .route("/v1/chat/completions", post(chat::chat_completions))
         .route("/chat/completions", post(chat::chat_completions))
+        .route("/v1/messages", post(messages::messages))
         .route("/v1/models", get(models))
         .route("/v1/prices", get(api::prices))
         .route("/admin/usage", get(api::usage))

@@ -361,6 +361,11 @@ pub async fn admit(
 }
 
 impl Ticket {
+    /// The prompt tokens tollgate counted before the call.
+    pub fn prompt_estimate(&self) -> u64 {
+        self.prompt_estimate
+    }
+
     /// Milliseconds since admission.
     pub fn elapsed_ms(&self) -> i64 {
         self.started.elapsed().as_millis() as i64
