@@ -156,6 +156,8 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
     println!();
     println!("export OPENAI_BASE_URL=http://{addr}/v1");
     println!("export OPENAI_API_KEY={key}");
+    println!("export ANTHROPIC_BASE_URL=http://{addr}");
+    println!("export ANTHROPIC_API_KEY={key}");
     println!("export TOLLGATE_ADMIN_KEY={admin_key}");
     println!();
     println!("Try:");
