@@ -127,6 +127,10 @@ pub async fn run(
 ) -> std::io::Result<()> {
     let grace = state.config.shutdown_grace;
     let (stop_tx, mut stop_rx) = tokio::sync::watch::channel(false);
+    // Small answers and stream chunks go out at once, not after Nagle's delay.
+    let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
+        let _ = tcp.set_nodelay(true);
+    });
     let server = axum::serve(listener, app(state)).with_graceful_shutdown(async move {
         let _ = stop_rx.wait_for(|s| *s).await;
     });
