@@ -44,6 +44,37 @@ fn demo_provider(e: EmulatorKind) -> DemoProvider {
         EmulatorKind::DeepSeek => p("deepseek", ProviderKind::DeepSeek),
         EmulatorKind::Moonshot => p("moonshot", ProviderKind::Moonshot),
         EmulatorKind::Mistral => p("mistral", ProviderKind::Mistral),
+        EmulatorKind::Qianfan => p("ernie", ProviderKind::Ernie),
+        EmulatorKind::Spark => p("spark", ProviderKind::Spark),
+        EmulatorKind::Hunyuan => p("hunyuan", ProviderKind::Hunyuan),
+        EmulatorKind::Anthropic => p("anthropic", ProviderKind::Anthropic),
+        EmulatorKind::Gemini => p("gemini", ProviderKind::Gemini),
+        EmulatorKind::Zhipu => p("zhipu", ProviderKind::Zhipu),
+        EmulatorKind::Doubao => p("doubao", ProviderKind::Doubao),
+        EmulatorKind::DashScope => p("qwen", ProviderKind::Qwen),
+    }
+}
+
+/// The key the demo's provider sends: Zhipu's is a console key `id.secret` (from which
+/// it signs JWTs); the Zhipu emulator accepts `api_key.secret_key` as that key.
+fn demo_api_key(kind: EmulatorKind) -> String {
+    match kind {
+        EmulatorKind::Zhipu => format!("{DEMO_KEY}.{DEMO_SECRET}"),
+        _ => DEMO_KEY.to_owned(),
+    }
+}
+
+/// Served model → upstream id. Doubao shows the usual Ark set-up: a catalog model
+/// served through the user's inference endpoint id.
+fn demo_model_map(kind: EmulatorKind) -> std::collections::BTreeMap<String, String> {
+    match kind {
+        EmulatorKind::Doubao => [(
+            "doubao-1.5-pro-32k".to_owned(),
+            "ep-20250118155555-demo0".to_owned(),
+        )]
+        .into_iter()
+        .collect(),
+        _ => Default::default(),
     }
 }
 
@@ -56,13 +87,13 @@ fn demo_provider_config(kind: EmulatorKind, base_url: String) -> ProviderConfig 
         mode: dp.mode,
         base_url,
         credentials: Credentials {
-            api_key: Some(Secret::new(DEMO_KEY)),
+            api_key: Some(Secret::new(demo_api_key(kind))),
             secret_key: Some(Secret::new(DEMO_SECRET)),
             app_id: Some(DEMO_APP.to_owned()),
             access_token: None,
         },
         models: Vec::new(),
-        model_map: Default::default(),
+        model_map: demo_model_map(kind),
         passthrough: false,
     }
 }
@@ -182,6 +213,8 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
     println!();
     println!("export OPENAI_BASE_URL=http://{addr}/v1");
     println!("export OPENAI_API_KEY={key}");
+    println!("export ANTHROPIC_BASE_URL=http://{addr}");
+    println!("export ANTHROPIC_API_KEY={key}");
     println!("export TOLLGATE_ADMIN_KEY={admin_key}");
     println!();
     println!("Try:");

@@ -98,25 +98,39 @@ pub async fn run(args: KeysArgs) -> anyhow::Result<()> {
         }
         KeysCommand::List => {
             let keys = store.list_keys()?;
-            if args.json {
-                println!("{}", serde_json::to_string_pretty(&keys)?);
-            } else {
-                println!(
-                    "{:<32} {:<20} {:<10} {:<8} MODELS",
-                    "ID", "NAME", "PREFIX", "STATUS"
-                );
-                for k in keys {
-                    let status = if k.is_active() { "active" } else { "revoked" };
-                    let models = if k.models.is_empty() {
-                        "*".to_owned()
-                    } else {
-                        k.models.join(",")
-                    };
-                    println!(
-                        "{:<32} {:<20} {:<10} {:<8} {}",
-                        k.id, k.name, k.prefix, status, models
-                    );
+            let catalog = tollgate_server::state::load_catalog(&cfg).map_err(anyhow::Error::msg)?;
+            let now = chrono::Utc::now();
+            let mut rows = Vec::new();
+            for k in keys {
+                let mut budgets = Vec::new();
+                for b in tollgate_server::metering::budgets_for_config(&cfg, &k)
+                    .map_err(anyhow::Error::msg)?
+                {
+                    let spent =
+                        tollgate_server::metering::spent_in_window(&catalog, &store, &b, &k, now)
+                            .map_err(anyhow::Error::msg)?;
+                    let bs = tollgate_server::budget::Budgets::new();
+                    bs.load(b.clone(), spent, now);
+                    if let Some(st) = bs.standing(&b.id, now) {
+                        budgets.push((b.owner.clone(), st));
+                    }
                 }
+                rows.push((k, budgets));
+            }
+            if args.json {
+                let mut out = Vec::new();
+                for (k, b) in &rows {
+                    let mut v = serde_json::to_value(k)?;
+                    let standings: Vec<_> = b
+                        .iter()
+                        .map(|(o, st)| serde_json::json!({"owner": o, "standing": st}))
+                        .collect();
+                    v["budgets"] = serde_json::Value::Array(standings);
+                    out.push(v);
+                }
+                println!("{}", serde_json::to_string_pretty(&out)?);
+            } else {
+                print!("{}", render_keys(&rows));
             }
         }
         KeysCommand::Revoke { key } => {
@@ -129,4 +143,54 @@ pub async fn run(args: KeysArgs) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// The key table for people: budget, spend and remaining of the first budget that
+/// applies (the key's own, else its group's).
+fn render_keys(
+    rows: &[(
+        tollgate_store::KeyRecord,
+        Vec<(String, tollgate_server::budget::Standing)>,
+    )],
+) -> String {
+    let mut out = format!(
+        "{:<30} {:<16} {:<9} {:<8} {:<24} {:<12} {:<12} {:<14} MODELS\n",
+        "ID", "NAME", "PREFIX", "STATUS", "BUDGET", "SPENT", "REMAINING", "LIMITS"
+    );
+    for (k, budgets) in rows {
+        let status = if k.is_active() { "active" } else { "revoked" };
+        let models = if k.models.is_empty() {
+            "*".to_owned()
+        } else {
+            k.models.join(",")
+        };
+        let opt = |v: Option<u32>| v.map(|v| v.to_string()).unwrap_or_else(|| "-".into());
+        let limits = match (k.rpm, k.tpm) {
+            (None, None) => "-".to_owned(),
+            (r, t) => format!("{}rpm/{}tpm", opt(r), opt(t)),
+        };
+        let (budget, spent, left) = match budgets.first() {
+            Some((owner, st)) => (
+                format!(
+                    "{} {}/{}{}",
+                    st.limit,
+                    st.currency,
+                    st.period,
+                    if owner.starts_with("group") {
+                        " (grp)"
+                    } else {
+                        ""
+                    }
+                ),
+                st.spent.clone(),
+                st.remaining.clone(),
+            ),
+            None => ("-".to_owned(), "-".to_owned(), "-".to_owned()),
+        };
+        out.push_str(&format!(
+            "{:<30} {:<16} {:<9} {:<8} {:<24} {:<12} {:<12} {:<14} {}\n",
+            k.id, k.name, k.prefix, status, budget, spent, left, limits, models
+        ));
+    }
+    out
 }

@@ -6,8 +6,10 @@
 mod demo;
 mod emulate;
 mod keys;
+mod prices;
 mod route;
 mod serve;
+mod usage;
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -32,6 +34,10 @@ enum Command {
     Demo(demo::DemoArgs),
     /// Manage virtual API keys (create, list, revoke) in the store.
     Keys(keys::KeysArgs),
+    /// Show prices from the dated catalog: at any date, in any currency, with history.
+    Prices(prices::PricesArgs),
+    /// Report spend and usage from the ledger, by key, model, provider, day or request.
+    Usage(usage::UsageArgs),
     /// Run one vendor's API emulator (for tests, demos and benchmarks).
     Emulate(emulate::EmulateArgs),
     /// Explain how a virtual model routes a request: ranked candidates, estimated
@@ -124,6 +130,8 @@ fn main() -> std::process::ExitCode {
             }
             Command::Keys(a) => keys::run(a).await,
             Command::Route(a) => route::run(a).await,
+            Command::Prices(a) => prices::run(a),
+            Command::Usage(a) => usage::run(a),
             Command::Emulate(a) => {
                 init_logging("warn");
                 emulate::run(a).await

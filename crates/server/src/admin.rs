@@ -15,7 +15,7 @@ use crate::error::ApiError;
 use crate::state::AppState;
 
 /// Checks the admin key in constant time.
-fn admin(state: &AppState, headers: &HeaderMap) -> Result<(), GatewayError> {
+pub fn check_admin(state: &AppState, headers: &HeaderMap) -> Result<(), GatewayError> {
     let Some(expected) = state.config.admin_key.as_ref() else {
         return Err(GatewayError::new(
             ErrorKind::PermissionDenied,
@@ -59,7 +59,7 @@ pub async fn list_keys(
     State(state): State<Arc<AppState>>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    admin(&state, &headers)?;
+    check_admin(&state, &headers)?;
     let store = state.store.clone();
     let keys = blocking(move || store.list_keys()).await?;
     Ok(axum::Json(serde_json::json!({"object": "list", "data": keys})).into_response())
@@ -95,7 +95,7 @@ pub async fn create_key(
     headers: HeaderMap,
     body: axum::body::Body,
 ) -> Result<Response, ApiError> {
-    admin(&state, &headers)?;
+    check_admin(&state, &headers)?;
     let bytes = read_body(body, 64 * 1024).await?;
     let req: CreateKey = decode_json(&bytes)?;
     let budget = budget_spec(req.budget, req.currency, req.period, req.time_zone)?;
@@ -154,7 +154,7 @@ pub async fn revoke_key(
     headers: HeaderMap,
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
-    admin(&state, &headers)?;
+    check_admin(&state, &headers)?;
     let store = state.store.clone();
     let rec = blocking(move || store.revoke_key(&id)).await?;
     state.keys.clear();
@@ -167,7 +167,7 @@ pub async fn health(
     State(state): State<Arc<AppState>>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    admin(&state, &headers)?;
+    check_admin(&state, &headers)?;
     let snap = state.health.snapshot(chrono::Utc::now());
     let vms: serde_json::Map<String, serde_json::Value> = state
         .virtual_models

@@ -22,7 +22,7 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use http_body_util::BodyExt;
 use tokio::sync::mpsc;
-use tollgate_core::chat::{ChatChunk, ChatRequest, Usage};
+use tollgate_core::chat::{ChatRequest, Usage};
 use tollgate_core::error::ErrorKind;
 use tollgate_core::{GatewayError, UpstreamError};
 use tollgate_providers::{DecodeCtx, EncodeCtx, Outbound, StreamDecoder, StreamEvent};
@@ -33,6 +33,8 @@ use crate::metering::{self, Outcome, Ticket};
 use crate::route::{self, Route};
 use crate::state::{AppState, Resolved};
 use crate::tokens;
+use crate::upstream::UpstreamBody;
+use crate::wire::{StreamWriter, Wire};
 use crate::RequestId;
 
 /// Largest upstream body read for a non-stream answer.
@@ -112,23 +114,33 @@ pub async fn chat_completions(
     let bytes = read_body(body, state.config.max_body_bytes).await?;
     let req: ChatRequest = decode_json(&bytes)?;
     req.validate()?;
-    let controls = route::Controls::from_headers(&state, &headers)?;
-    let route = match state.virtual_models.get(&req.model) {
-        Some(vr) => route::plan_virtual(&state, vr, &key, &req, &controls)?,
+    let route = route_for(&state, &key, &req, &headers)?;
+    let first = route.first()?;
+    let ticket = metering::admit(&state, &rid, &key, &req, &first).await?;
+    let wire = Wire::OpenAi {
+        include_usage: req.wants_stream_usage(),
+    };
+    Ok(complete_routed(&state, &rid, &req, route, ticket, wire).await?)
+}
+
+/// Resolves what the client named: a virtual model is planned (with the routing
+/// headers' controls), anything else resolved and authorized as one candidate.
+pub fn route_for(
+    state: &AppState,
+    key: &KeyRecord,
+    req: &ChatRequest,
+    headers: &HeaderMap,
+) -> Result<Route, GatewayError> {
+    let controls = route::Controls::from_headers(state, headers)?;
+    match state.virtual_models.get(&req.model) {
+        Some(vr) => route::plan_virtual(state, vr, key, req, &controls),
         None => {
             let resolved = state.resolve(&req.model)?;
-            authorize(&key, &resolved)?;
-            route::check_direct_cost(&state, &resolved, &req, &controls)?;
-            Route::direct(resolved)
+            authorize(key, &resolved)?;
+            route::check_direct_cost(state, &resolved, req, &controls)?;
+            Ok(Route::direct(resolved))
         }
-    };
-    let first = route
-        .tries
-        .first()
-        .map(|(r, _)| r.clone())
-        .ok_or_else(GatewayError::internal)?;
-    let ticket = metering::admit(&state, &rid, &key, &req, &first).await?;
-    Ok(complete_routed(&state, &rid, &req, route, ticket).await?)
+    }
 }
 
 /// 403 when the key may not use the model.
@@ -158,6 +170,8 @@ fn upstream_err(r: &Resolved, e: &UpstreamError) -> GatewayError {
 struct Failure {
     error: GatewayError,
     billed: bool,
+    /// The vendor refused the credentials: a fetched token may have expired.
+    retry_with_new_token: bool,
     /// What the upstream did; `None` when the request could not be encoded for it.
     upstream: Option<tollgate_core::UpstreamErrorKind>,
 }
@@ -167,6 +181,7 @@ impl Failure {
         Failure {
             error,
             billed: false,
+            retry_with_new_token: false,
             upstream: None,
         }
     }
@@ -182,94 +197,142 @@ impl Failure {
 enum Answer {
     Full(tollgate_core::ChatResponse),
     Stream {
-        body: hyper::body::Incoming,
+        body: UpstreamBody,
         decoder: Box<dyn StreamDecoder>,
         first: Vec<StreamEvent>,
         ended: bool,
     },
 }
 
-/// Encodes, sends, and reads the answer (or the stream's first events).
+/// One call, with a token refresh and a second try when a token-based vendor (ERNIE)
+/// says the token is invalid or expired.
 async fn call(
     state: &Arc<AppState>,
     req: &ChatRequest,
     r: &Resolved,
     dctx: &DecodeCtx,
 ) -> Result<(Answer, std::time::Duration), Failure> {
+    let p = &r.provider;
+    let fail = |e: &UpstreamError| Failure {
+        upstream: Some(e.kind),
+        ..Failure::before_answer(upstream_err(r, e))
+    };
+    let creds = state
+        .tokens
+        .credentials(
+            &state.upstream,
+            &p.cfg.id,
+            &p.cfg.base_url,
+            p.codec.as_ref(),
+            &p.cfg.credentials,
+            false,
+        )
+        .await
+        .map_err(|e| fail(&e))?;
+    match call_once(state, req, r, dctx, &creds).await {
+        Err(f) if f.retry_with_new_token && creds.access_token.is_some() => {
+            let creds = state
+                .tokens
+                .credentials(
+                    &state.upstream,
+                    &p.cfg.id,
+                    &p.cfg.base_url,
+                    p.codec.as_ref(),
+                    &p.cfg.credentials,
+                    true,
+                )
+                .await
+                .map_err(|e| fail(&e))?;
+            call_once(state, req, r, dctx, &creds).await
+        }
+        other => other,
+    }
+}
+
+/// Encodes, sends, and reads the answer (or the stream's first events).
+async fn call_once(
+    state: &Arc<AppState>,
+    req: &ChatRequest,
+    r: &Resolved,
+    dctx: &DecodeCtx,
+    creds: &tollgate_providers::Credentials,
+) -> Result<(Answer, std::time::Duration), Failure> {
+    // Time to the response head (HTTP) or to the first decoded events (streams and
+    // WebSocket exchanges): the TTFT health tracks.
     let t0 = tokio::time::Instant::now();
     let stream = req.is_stream();
+    let codec = r.provider.codec.as_ref();
     let ctx = EncodeCtx {
         base_url: &r.provider.cfg.base_url,
         upstream_model: &r.upstream_model,
-        credentials: &r.provider.cfg.credentials,
+        credentials: creds,
         now: chrono::Utc::now(),
         stream,
     };
-    let outbound = r
-        .provider
-        .codec
-        .encode(req, &ctx)
-        .map_err(Failure::before_answer)?;
-    let http = match outbound {
-        Outbound::Http(h) => h,
-        Outbound::WebSocket(_) => {
-            return Err(Failure::before_answer(GatewayError::new(
-                ErrorKind::BadGateway,
-                "WebSocket upstreams are not supported by this build",
-            )))
-        }
-    };
+    let outbound = codec.encode(req, &ctx).map_err(Failure::before_answer)?;
     let fail = |e: &UpstreamError| Failure {
         error: upstream_err(r, e),
         billed: false,
+        retry_with_new_token: e.kind == tollgate_core::UpstreamErrorKind::Auth,
         upstream: Some(e.kind),
     };
-    let resp = state.upstream.send(&http).await.map_err(|e| fail(&e))?;
-    let head = t0.elapsed();
-    if resp.status >= 400 {
-        let body = state
-            .upstream
-            .read_all(resp.body, MAX_UPSTREAM_BODY)
-            .await
-            .unwrap_or_default();
-        let e = r
-            .provider
-            .codec
-            .decode_error(resp.status, &body, resp.retry_after);
-        return Err(fail(&e));
-    }
-    // From here the vendor has accepted the request and may bill it.
     let billed = |e: &UpstreamError| Failure {
         error: upstream_err(r, e),
         billed: true,
+        retry_with_new_token: false,
         upstream: Some(e.kind),
     };
-    if !stream {
-        let body = state
-            .upstream
-            .read_all(resp.body, MAX_UPSTREAM_BODY)
-            .await
-            .map_err(|e| billed(&e))?;
-        return match r.provider.codec.decode(resp.status, &body, dctx) {
-            Ok(out) => Ok((Answer::Full(out), head)),
-            // An error the vendor reports inside a 200 (ERNIE, Hunyuan) was not billed.
-            Err(e) if e.kind != tollgate_core::UpstreamErrorKind::Protocol => Err(fail(&e)),
-            Err(e) => Err(billed(&e)),
-        };
-    }
+    let (mut body, content_type) = match outbound {
+        Outbound::Http(http) => {
+            let resp = state.upstream.send(&http).await.map_err(|e| fail(&e))?;
+            let head = t0.elapsed();
+            if resp.status >= 400 {
+                let body = state
+                    .upstream
+                    .read_all(resp.body, MAX_UPSTREAM_BODY)
+                    .await
+                    .unwrap_or_default();
+                return Err(fail(&codec.decode_error(
+                    resp.status,
+                    &body,
+                    resp.retry_after,
+                )));
+            }
+            if !stream {
+                // From here the vendor has accepted the request and may bill it.
+                let body = state
+                    .upstream
+                    .read_all(resp.body, MAX_UPSTREAM_BODY)
+                    .await
+                    .map_err(|e| billed(&e))?;
+                return match codec.decode(resp.status, &body, dctx) {
+                    Ok(out) => Ok((Answer::Full(out), head)),
+                    // An error the vendor reports inside a 200 (ERNIE, Hunyuan) was not billed.
+                    Err(e) if e.kind != tollgate_core::UpstreamErrorKind::Protocol => Err(fail(&e)),
+                    Err(e) => Err(billed(&e)),
+                };
+            }
+            (UpstreamBody::Http(resp.body), resp.content_type)
+        }
+        // A WebSocket exchange always streams; a non-stream client gets it collected.
+        Outbound::WebSocket(ws) => (
+            state
+                .upstream
+                .websocket(&ws, codec)
+                .await
+                .map_err(|e| fail(&e))?,
+            None,
+        ),
+    };
     // Read until the decoder yields its first events, so that an error the vendor reports
     // before any content (including HTTP-200 errors) is still a proper HTTP error.
-    let mut decoder = r
-        .provider
-        .codec
-        .stream_decoder(dctx, resp.content_type.as_deref());
-    let mut body = resp.body;
+    let mut decoder = codec.stream_decoder(dctx, content_type.as_deref());
     let mut first = Vec::new();
     let mut ended = false;
     while first.is_empty() {
         match state
             .upstream
-            .next_chunk(&mut body)
+            .next(&mut body)
             .await
             .map_err(|e| billed(&e))?
         {
@@ -286,15 +349,43 @@ async fn call(
             "the upstream stream was empty",
         )));
     }
-    Ok((
-        Answer::Stream {
-            body,
-            decoder,
-            first,
-            ended,
-        },
-        t0.elapsed(),
-    ))
+    let ttft = t0.elapsed();
+    if stream {
+        return Ok((
+            Answer::Stream {
+                body,
+                decoder,
+                first,
+                ended,
+            },
+            ttft,
+        ));
+    }
+    let mut agg = tollgate_providers::aggregate::Aggregator::new();
+    let mut events = first;
+    loop {
+        for ev in events.drain(..) {
+            agg.push(ev);
+        }
+        if ended || agg.is_done() {
+            break;
+        }
+        match state
+            .upstream
+            .next(&mut body)
+            .await
+            .map_err(|e| billed(&e))?
+        {
+            Some(bytes) => decoder.feed(&bytes, &mut events).map_err(|e| billed(&e))?,
+            None => {
+                decoder.finish(&mut events).map_err(|e| billed(&e))?;
+                ended = true;
+            }
+        }
+    }
+    agg.finish(dctx)
+        .map(|a| (Answer::Full(a), ttft))
+        .map_err(|e| billed(&e))
 }
 
 /// Calls the upstream, settles the ticket and builds the client's response (a direct
@@ -305,8 +396,9 @@ pub async fn complete(
     req: &ChatRequest,
     r: &Resolved,
     ticket: Ticket,
+    wire: Wire,
 ) -> Result<Response, GatewayError> {
-    complete_routed(state, rid, req, Route::direct(r.clone()), ticket).await
+    complete_routed(state, rid, req, Route::direct(r.clone()), ticket, wire).await
 }
 
 /// The backoff before attempt `n + 1` (n >= 1 attempts made): `backoff * 2^(n-1)`,
@@ -348,6 +440,7 @@ pub async fn complete_routed(
     req: &ChatRequest,
     route: Route,
     mut ticket: Ticket,
+    wire: Wire,
 ) -> Result<Response, GatewayError> {
     let started = tokio::time::Instant::now();
     let max = route.retry.max_attempts as usize;
@@ -399,7 +492,7 @@ pub async fn complete_routed(
             Ok((answer, ttft)) => {
                 state.health.success(&name, Some(ttft));
                 let header = route.header(*verdict, tried);
-                return finish(state, rid, req, r, ticket, answer, header).await;
+                return finish(state, rid, r, ticket, answer, header, wire).await;
             }
             Err(f) => {
                 match f.upstream {
@@ -472,14 +565,15 @@ pub async fn complete_routed(
 }
 
 /// Settles a served answer and builds the client's response.
+#[allow(clippy::too_many_arguments)]
 async fn finish(
     state: &Arc<AppState>,
     rid: &RequestId,
-    req: &ChatRequest,
     r: &Resolved,
     ticket: Ticket,
     answer: Answer,
     route_header: Option<String>,
+    wire: Wire,
 ) -> Result<Response, GatewayError> {
     let ttft = Some(ticket.elapsed_ms());
     match answer {
@@ -498,7 +592,7 @@ async fn finish(
             if let Some(u) = out.usage.as_mut() {
                 u.cost = priced.cost.as_ref().map(ToString::to_string);
             }
-            let json = serde_json::to_vec(&out).map_err(|_| GatewayError::internal())?;
+            let json = wire.full_body(&out)?;
             let mut response = Response::new(Body::from(json));
             let h = response.headers_mut();
             h.insert("content-type", HeaderValue::from_static("application/json"));
@@ -543,11 +637,10 @@ async fn finish(
                 insert(h, k, v);
             }
             let relay = Relay {
+                writer: wire.stream_writer(&rid.0, &r.model, ticket.prompt_estimate()),
                 rid: rid.clone(),
                 provider: r.provider.cfg.id.clone(),
                 model: r.model.clone(),
-                wants_usage: req.wants_stream_usage(),
-                last: None,
                 usage: None,
                 done: false,
                 completion_estimate: 0,
@@ -591,12 +684,11 @@ fn add_route_headers(h: &mut HeaderMap, r: &Resolved) {
 
 /// Relays one upstream stream to one client, and settles its ticket at the end.
 struct Relay {
+    /// Writes the client's wire format.
+    writer: Box<dyn StreamWriter>,
     rid: RequestId,
     provider: String,
     model: String,
-    wants_usage: bool,
-    /// The last chunk seen: its id/created/model label the usage chunk.
-    last: Option<(String, i64, String)>,
     usage: Option<Usage>,
     done: bool,
     /// Tokens of the content relayed so far (for a stream cut before the vendor's usage).
@@ -614,7 +706,7 @@ impl Relay {
     async fn run(
         mut self,
         upstream: crate::upstream::Upstream,
-        mut body: hyper::body::Incoming,
+        mut body: UpstreamBody,
         mut decoder: Box<dyn StreamDecoder>,
         first: Vec<StreamEvent>,
         mut ended: bool,
@@ -638,7 +730,7 @@ impl Relay {
                     self.settle("client_disconnected", 499).await;
                     return;
                 }
-                n = upstream.next_chunk(&mut body) => n,
+                n = upstream.next(&mut body) => n,
             };
             match next {
                 Ok(Some(bytes)) => {
@@ -667,48 +759,23 @@ impl Relay {
                 "the upstream stream ended before completion",
             ));
         }
-        match failure {
+        let closing = match failure {
             Some(e) => {
                 tracing::warn!(request_id = %self.rid.0, provider = %self.provider, error = %e, "stream failed");
-                let ge = e.to_gateway_error(&self.provider);
                 self.settle("upstream_cut", 200).await;
-                let line = format!("data: {}\n\n", ge.to_openai_json());
-                let _ = tx.send(Ok(Bytes::from(line))).await;
+                self.writer.error(&e.to_gateway_error(&self.provider))
             }
-            None => {
-                let priced = match self.settle("ok", 200).await {
-                    Some(Ok(p)) => p,
-                    Some(Err(ge)) => {
-                        let line = format!("data: {}\n\n", ge.to_openai_json());
-                        let _ = tx.send(Ok(Bytes::from(line))).await;
-                        return;
-                    }
-                    None => return,
-                };
-                if self.wants_usage {
-                    let (id, created, model) = self.last.clone().unwrap_or_else(|| {
-                        (
-                            self.rid.0.clone(),
-                            chrono::Utc::now().timestamp(),
-                            self.model.clone(),
-                        )
-                    });
-                    let mut usage = priced.usage.clone();
-                    usage.cost = priced.cost.as_ref().map(ToString::to_string);
-                    let chunk = ChatChunk {
-                        id,
-                        object: "chat.completion.chunk".to_owned(),
-                        created,
-                        model,
-                        choices: Vec::new(),
-                        system_fingerprint: None,
-                        usage: Some(usage),
-                    };
-                    if let Ok(json) = serde_json::to_string(&chunk) {
-                        let _ = tx.send(Ok(Bytes::from(format!("data: {json}\n\n")))).await;
-                    }
-                }
-                let _ = tx.send(Ok(Bytes::from_static(b"data: [DONE]\n\n"))).await;
+            // The row is committed before the closing bytes go out: a client that saw
+            // the end of the stream is in the ledger.
+            None => match self.settle("ok", 200).await {
+                Some(Ok(priced)) => self.writer.finish(&priced),
+                Some(Err(ge)) => self.writer.error(&ge),
+                None => Vec::new(),
+            },
+        };
+        for b in closing {
+            if tx.send(Ok(b)).await.is_err() {
+                break;
             }
         }
     }
@@ -748,9 +815,8 @@ impl Relay {
         tx: &mpsc::Sender<Result<Bytes, Infallible>>,
     ) -> Flow {
         for ev in events.drain(..) {
-            match ev {
-                StreamEvent::Chunk(mut c) => {
-                    c.usage = None;
+            match &ev {
+                StreamEvent::Chunk(c) => {
                     for ch in &c.choices {
                         let d = &ch.delta;
                         self.completion_estimate +=
@@ -765,20 +831,14 @@ impl Relay {
                             }
                         }
                     }
-                    self.last = Some((c.id.clone(), c.created, c.model.clone()));
-                    let Ok(json) = serde_json::to_vec(&c) else {
-                        continue;
-                    };
-                    let mut line = Vec::with_capacity(json.len() + 8);
-                    line.extend_from_slice(b"data: ");
-                    line.extend_from_slice(&json);
-                    line.extend_from_slice(b"\n\n");
-                    if tx.send(Ok(Bytes::from(line))).await.is_err() {
-                        return Flow::ClientGone;
-                    }
                 }
-                StreamEvent::Usage(u) => self.usage = Some(u),
+                StreamEvent::Usage(u) => self.usage = Some(u.clone()),
                 StreamEvent::Done => self.done = true,
+            }
+            for b in self.writer.event(&ev) {
+                if tx.send(Ok(b)).await.is_err() {
+                    return Flow::ClientGone;
+                }
             }
         }
         Flow::Continue

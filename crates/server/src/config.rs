@@ -326,11 +326,11 @@ impl RawConfig {
                 Some(m) => m.parse().map_err(|e| format!("providers.{id}.mode: {e}"))?,
                 None => Mode::Native,
             };
-            tollgate_providers::codec_for(kind, mode)
-                .map_err(|e| format!("providers.{id}: {e}"))?;
             let base_url = p
                 .base_url
-                .unwrap_or_else(|| kind.default_base_url().to_owned())
+                .unwrap_or_else(|| {
+                    tollgate_providers::registry::default_base_url(kind, mode).to_owned()
+                })
                 .trim_end_matches('/')
                 .to_owned();
             if !(base_url.starts_with("http://")

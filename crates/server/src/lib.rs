@@ -5,6 +5,8 @@
 //! - [`config`]: the TOML config, parsed ([`config::RawConfig`]) then validated ([`Config`]).
 //! - [`state`]: [`AppState`]: providers, the model index, the key cache.
 //! - [`chat`]: `POST /v1/chat/completions`, the request lifecycle from accept to relay.
+//! - [`messages`]: `POST /v1/messages`, Anthropic's API inbound, on the same lifecycle;
+//!   [`wire`] writes answers and streams in either API's shape.
 //! - [`metering`]: admission (rate limits, budget reservation) and settlement (cost,
 //!   ledger row) of one request; [`budget`], [`limits`] and [`tokens`] do the parts.
 //! - [`route`]: virtual models: candidates, per-request controls, the plan with health
@@ -12,6 +14,7 @@
 //! - [`health`]: circuit breakers, TTFT EWMAs and free-tier usage per upstream model.
 //! - [`ledger`]: the group-commit ledger writer thread.
 //! - [`admin`]: `/admin/keys` and `/admin/health` (admin key required).
+//! - [`api`]: `GET /v1/prices` and `GET /admin/usage`; [`reports`] builds the usage tables.
 //! - [`upstream`]: the one pooled upstream client with its timeouts.
 //! - [`error`]: the one mapping from errors to HTTP responses.
 //!
@@ -19,6 +22,7 @@
 //! listener until a shutdown future resolves, then drains in-flight requests.
 
 pub mod admin;
+pub mod api;
 pub mod budget;
 pub mod chat;
 pub mod config;
@@ -26,11 +30,14 @@ pub mod error;
 pub mod health;
 pub mod ledger;
 pub mod limits;
+pub mod messages;
 pub mod metering;
+pub mod reports;
 pub mod route;
 pub mod state;
 pub mod tokens;
 pub mod upstream;
+pub mod wire;
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -77,7 +84,10 @@ pub fn app(state: Arc<AppState>) -> Router {
     Router::new()
         .route("/v1/chat/completions", post(chat::chat_completions))
         .route("/chat/completions", post(chat::chat_completions))
+        .route("/v1/messages", post(messages::messages))
         .route("/v1/models", get(models))
+        .route("/v1/prices", get(api::prices))
+        .route("/admin/usage", get(api::usage))
         .route("/healthz", get(healthz))
         .route("/admin/keys", get(admin::list_keys).post(admin::create_key))
         .route("/admin/keys/{id}", axum::routing::delete(admin::revoke_key))
@@ -123,6 +133,10 @@ pub async fn run(
 ) -> std::io::Result<()> {
     let grace = state.config.shutdown_grace;
     let (stop_tx, mut stop_rx) = tokio::sync::watch::channel(false);
+    // Small answers and stream chunks go out at once, not after Nagle's delay.
+    let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
+        let _ = tcp.set_nodelay(true);
+    });
     let server = axum::serve(listener, app(state)).with_graceful_shutdown(async move {
         let _ = stop_rx.wait_for(|s| *s).await;
     });

@@ -285,7 +285,56 @@ pub async fn admit(
         }
     }
 
-    let mut ticket = Ticket {
+    // Reserve before the ticket exists: a refused request leaves no ledger row.
+    let mut max_cost = None;
+    let mut reserved = Vec::new();
+    let budgets = budgets_for(state, key)?;
+    if let Some(e) = &entry {
+        let max = estimate_max_cost(e, tokens::reservation_tokens(prompt_estimate), max_out, now)
+            .map_err(|err| {
+            tracing::error!(error = %err, model = %model_id, "cannot estimate cost");
+            GatewayError::internal()
+        })?;
+        max_cost = Some(max.amount);
+        if !budgets.is_empty() {
+            let mut items = Vec::new();
+            for b in &budgets {
+                ensure_loaded(state, b, key, now).await?;
+                items.push((
+                    b.id.clone(),
+                    amount_in(state, &max.amount, b.limit.currency, now)?,
+                    b.limit.currency,
+                ));
+            }
+            let reserve: Vec<(String, i128)> =
+                items.iter().map(|(i, a, _)| (i.clone(), *a)).collect();
+            if let Err(refusal) = state.budgets.reserve(&reserve, now) {
+                state
+                    .limits
+                    .settle_tokens(&scopes, reserve_tokens, 0, now_ms);
+                return Err(
+                    GatewayError::new(ErrorKind::InsufficientQuota, refusal.message)
+                        .with_code("insufficient_quota"),
+                );
+            }
+            reserved = items;
+        }
+    } else if !budgets.is_empty() {
+        state
+            .limits
+            .settle_tokens(&scopes, reserve_tokens, 0, now_ms);
+        // A budget cannot be enforced on a model without a price: refuse rather than
+        // spend blindly.
+        return Err(GatewayError::new(
+            ErrorKind::InsufficientQuota,
+            format!(
+                "The model '{model_id}' has no price in the catalog, so the {} cannot be enforced for it",
+                budgets[0].describe()
+            ),
+        )
+        .with_code("insufficient_quota"));
+    }
+    Ok(Ticket {
         state: state.clone(),
         row: LedgerRow {
             id: rid.0.clone(),
@@ -302,56 +351,16 @@ pub async fn admit(
         },
         entry: entry.clone(),
         prompt_estimate,
-        budgets: Vec::new(),
+        budgets: reserved,
         scopes,
         tpm_reserved: reserve_tokens,
         admitted_ms: now_ms,
         started: Instant::now(),
-        max_cost: None,
+        max_cost,
         rate_headers,
         attempts: Vec::new(),
         settled: false,
-    };
-
-    let budgets = budgets_for(state, key)?;
-    if let Some(e) = &entry {
-        let max = estimate_max_cost(e, tokens::reservation_tokens(prompt_estimate), max_out, now)
-            .map_err(|err| {
-            tracing::error!(error = %err, model = %model_id, "cannot estimate cost");
-            GatewayError::internal()
-        })?;
-        ticket.max_cost = Some(max.amount);
-        if !budgets.is_empty() {
-            let mut items = Vec::new();
-            for b in &budgets {
-                ensure_loaded(state, b, key, now).await?;
-                items.push((
-                    b.id.clone(),
-                    amount_in(state, &max.amount, b.limit.currency, now)?,
-                    b.limit.currency,
-                ));
-            }
-            let reserve: Vec<(String, i128)> =
-                items.iter().map(|(i, a, _)| (i.clone(), *a)).collect();
-            state.budgets.reserve(&reserve, now).map_err(|refusal| {
-                GatewayError::new(ErrorKind::InsufficientQuota, refusal.message)
-                    .with_code("insufficient_quota")
-            })?;
-            ticket.budgets = items;
-        }
-    } else if !budgets.is_empty() {
-        // A budget cannot be enforced on a model without a price: refuse rather than
-        // spend blindly.
-        return Err(GatewayError::new(
-            ErrorKind::InsufficientQuota,
-            format!(
-                "The model '{model_id}' has no price in the catalog, so the {} cannot be enforced for it",
-                budgets[0].describe()
-            ),
-        )
-        .with_code("insufficient_quota"));
-    }
-    Ok(ticket)
+    })
 }
 
 impl Ticket {
@@ -428,6 +437,11 @@ impl Ticket {
             })?;
         self.budgets = items;
         Ok(())
+    }
+
+    /// The prompt tokens tollgate counted before the call.
+    pub fn prompt_estimate(&self) -> u64 {
+        self.prompt_estimate
     }
 
     /// Milliseconds since admission.

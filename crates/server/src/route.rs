@@ -188,6 +188,14 @@ impl Route {
         }
     }
 
+    /// The first candidate (admission reserves for it).
+    pub fn first(&self) -> Result<Resolved, GatewayError> {
+        self.tries
+            .first()
+            .map(|(r, _)| r.clone())
+            .ok_or_else(GatewayError::internal)
+    }
+
     /// `x-tollgate-route` for the candidate at `verdict`, on attempt `attempt`.
     pub fn header(&self, verdict: Option<usize>, attempt: usize) -> Option<String> {
         let plan = self.plan.as_ref()?;

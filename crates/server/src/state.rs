@@ -17,7 +17,7 @@ use crate::health::Health;
 use crate::ledger::LedgerWriter;
 use crate::limits::Limits;
 use crate::route::VirtualRoutes;
-use crate::upstream::Upstream;
+use crate::upstream::{TokenCache, Upstream};
 
 /// A configured provider and its codec.
 pub struct Provider {
@@ -97,6 +97,8 @@ pub struct AppState {
     pub ledger_store: Arc<dyn LedgerStore>,
     pub ledger: LedgerWriter,
     pub upstream: Upstream,
+    /// Access tokens fetched for codecs that need them (ERNIE).
+    pub tokens: TokenCache,
     pub catalog: Arc<Catalog>,
     pub budgets: Budgets,
     pub limits: Limits,
@@ -126,8 +128,7 @@ impl AppState {
         let mut providers = BTreeMap::new();
         let mut by_model: HashMap<String, Vec<Arc<Provider>>> = HashMap::new();
         for p in &config.providers {
-            let codec = tollgate_providers::codec_for(p.kind, p.mode)
-                .map_err(|e| format!("providers.{}: {e}", p.id))?;
+            let codec = tollgate_providers::codec_for(p.kind, p.mode);
             let vendor: Vec<&ModelEntry> = if p.kind == ProviderKind::OpenAiCompatible {
                 Vec::new()
             } else {
@@ -194,6 +195,7 @@ impl AppState {
             ledger_store: stores.ledger,
             ledger,
             upstream,
+            tokens: TokenCache::default(),
             catalog,
             budgets: Budgets::new(),
             limits: Limits::new(),

@@ -1,0 +1,58 @@
+//! `tollgate usage`: what was spent, from the ledger.
+
+use clap::Args;
+use tollgate_core::Currency;
+use tollgate_store::{GroupBy, LedgerStore, SqliteStore};
+
+use crate::StoreArgs;
+
+/// Options of `tollgate usage`.
+#[derive(Debug, Args)]
+pub struct UsageArgs {
+    #[command(flatten)]
+    pub store: StoreArgs,
+    /// Group by key, model, provider, day, or list each request.
+    #[arg(long, default_value = "key")]
+    pub by: String,
+    /// From this date (YYYY-MM-DD, UTC), inclusive.
+    #[arg(long)]
+    pub since: Option<String>,
+    /// Until this date (YYYY-MM-DD, UTC), inclusive.
+    #[arg(long)]
+    pub until: Option<String>,
+    /// Report in CNY, USD or EUR. Default: the config's reporting currency.
+    #[arg(long)]
+    pub currency: Option<String>,
+    /// JSON instead of a table.
+    #[arg(long, conflicts_with = "csv")]
+    pub json: bool,
+    /// CSV instead of a table.
+    #[arg(long)]
+    pub csv: bool,
+}
+
+pub fn run(args: UsageArgs) -> anyhow::Result<()> {
+    let cfg = args.store.config()?;
+    let catalog = tollgate_server::state::load_catalog(&cfg).map_err(anyhow::Error::msg)?;
+    let by: GroupBy = args.by.parse().map_err(anyhow::Error::msg)?;
+    let cur = args
+        .currency
+        .unwrap_or_else(|| cfg.reporting_currency.clone());
+    let currency: Currency = cur
+        .parse()
+        .map_err(|_| anyhow::anyhow!("unknown currency '{cur}' (CNY, USD, EUR)"))?;
+    let filter = tollgate_server::api::date_range(args.since.as_deref(), args.until.as_deref())
+        .map_err(|e| anyhow::anyhow!(e.message))?;
+    let store = SqliteStore::open(&cfg.data_dir)?;
+    let rows = store.rows(&filter)?;
+    let rep = tollgate_server::reports::usage_report(&catalog, &rows, by, currency)
+        .map_err(anyhow::Error::msg)?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&rep)?);
+    } else if args.csv {
+        print!("{}", tollgate_server::reports::render_csv(&rep));
+    } else {
+        print!("{}", tollgate_server::reports::render_table(&rep));
+    }
+    Ok(())
+}
