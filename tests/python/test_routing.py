@@ -319,6 +319,9 @@ def test_demo_virtual_models(demo):
         assert "; chose " in route and route.endswith(" est."), route
         chosen = route.split("; chose ")[1].split(" at ")[0]
         assert chosen == f'{r.headers["x-tollgate-provider"]}/{r.headers["x-tollgate-model"]}'
+        if model == "free-first":
+            # The demo serves ERNIE Speed/Lite, Spark Lite, Hunyuan-lite and GLM-4-Flash.
+            assert " at 0.000000 " in route, route
     out = subprocess.run([BIN, "route", "--demo", "--model", "cheapest-tools",
                           "--prompt-tokens", "2000", "--max-tokens", "500"],
                          check=True, capture_output=True, text=True).stdout

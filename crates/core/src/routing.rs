@@ -20,8 +20,8 @@
 //!      with the FX rate of `at`'s month; ties go to the higher quality, then to the
 //!      order in config. Candidates without a price in the catalog come last.
 //!    - `free-first`: candidates that are free right now (a zero price, or a free quota
-//!      with tokens left as tollgate counts them) first, by quality; then the rest as
-//!      `cheapest`.
+//!      with tokens left as tollgate counts them) first — zero-priced ones before free
+//!      quotas, then by quality — and the rest after them as `cheapest`.
 //!    - `latency`: lowest time-to-first-token EWMA first; candidates never measured come
 //!      first (so they get measured). With probability `explore_per_mille / 1000` a random
 //!      other kept candidate is moved to the front, so an upstream that was slow and
@@ -532,15 +532,9 @@ fn order(
             false
         }
         Strategy::FreeFirst => {
-            kept.sort_by(|a, b| {
-                b.free.cmp(&a.free).then_with(|| {
-                    if a.free && b.free {
-                        b.quality.cmp(&a.quality).then(a.index.cmp(&b.index))
-                    } else {
-                        by_cost(a, b)
-                    }
-                })
-            });
+            // Free ones first; among them zero-priced models before free quotas (which
+            // run out), each group by estimate, quality, config order.
+            kept.sort_by(|a, b| b.free.cmp(&a.free).then_with(|| by_cost(a, b)));
             annotate(kept, &|v| {
                 if v.free {
                     String::new()
