@@ -327,3 +327,31 @@ def test_demo_virtual_models(demo):
                          check=True, capture_output=True, text=True).stdout
     assert "cheapest-tools: strategy cheapest" in out and "x-tollgate-route: cheapest;" in out
     assert "dropped: no tool support" not in out  # the filter already left those out
+
+
+def test_budget_reservation_follows_the_fallback_candidate(emulator, gateway):
+    """The reservation moves with the candidate: a fallback the budget cannot cover is
+    refused (429 insufficient_quota) instead of running unreserved."""
+    ds, oa = emulator("deepseek"), emulator("openai")
+    gw = gateway(provider("deepseek", ds, ["deepseek-chat"]) + provider("openai", oa, ["gpt-4o"]) + '''
+[virtual_models.chain]
+candidates = ["deepseek/deepseek-chat", "openai/gpt-4o"]
+strategy = "ordered"
+backoff_ms = 1
+''')
+    out = subprocess.run([BIN, "keys", "--config", str(gw["config"]), "create", "--name", "tight",
+                          "--budget", "0.005", "--currency", "CNY", "--period", "total", "--json"],
+                         check=True, capture_output=True, text=True).stdout
+    tight = {**gw, "key": json.loads(out)["key"]}
+    # Within budget on the first candidate.
+    h, _ = ask(tight, "chain", now=None, max_tokens=100)
+    assert h["x-tollgate-provider"] == "deepseek"
+    # The first candidate fails; gpt-4o's worst case (100 output tokens at $10/M and the
+    # prompt at $2.50/M, ~0.008 CNY) does not fit what is left.
+    emu_post(ds, "status=503")
+    with pytest.raises(openai.RateLimitError) as e:
+        ask(tight, "chain", now=None, max_tokens=100)
+    assert e.value.code == "insufficient_quota"
+    assert emu_requests(oa) == 0
+    a = ledger_rows(gw, 1)[0]["attempts"]
+    assert [x["outcome"] for x in a][:2] == ["upstream_error", "skipped_budget"]

@@ -391,6 +391,28 @@ impl Ticket {
         self.state.budgets.settle(&release, now);
         let currencies: Vec<(String, Currency)> =
             self.budgets.drain(..).map(|(id, _, c)| (id, c)).collect();
+        match self.reserve_for(req, r, &currencies, now) {
+            Ok(items) => {
+                self.budgets = items;
+                Ok(())
+            }
+            Err(e) => {
+                // Keep the budgets (with nothing reserved) so that the next candidate
+                // is reserved against them too.
+                self.budgets = currencies.into_iter().map(|(id, c)| (id, 0, c)).collect();
+                Err(e)
+            }
+        }
+    }
+
+    /// Points the ticket at `r` and reserves its worst case against `budgets`.
+    fn reserve_for(
+        &mut self,
+        req: &ChatRequest,
+        r: &Resolved,
+        currencies: &[(String, Currency)],
+        now: DateTime<Utc>,
+    ) -> Result<Vec<(String, i128, Currency)>, GatewayError> {
         let model_id = format!("{}/{}", r.provider.cfg.id, r.model);
         self.row.provider = r.provider.cfg.id.clone();
         self.row.model = r.model.clone();
@@ -399,7 +421,7 @@ impl Ticket {
         self.max_cost = None;
         let Some(e) = r.entry.clone() else {
             if currencies.is_empty() {
-                return Ok(());
+                return Ok(Vec::new());
             }
             return Err(GatewayError::new(
                 ErrorKind::InsufficientQuota,
@@ -425,7 +447,11 @@ impl Ticket {
         self.max_cost = Some(max.amount);
         let mut items = Vec::new();
         for (id, cur) in currencies {
-            items.push((id, amount_in(&self.state, &max.amount, cur, now)?, cur));
+            items.push((
+                id.clone(),
+                amount_in(&self.state, &max.amount, *cur, now)?,
+                *cur,
+            ));
         }
         let reserve: Vec<(String, i128)> = items.iter().map(|(i, a, _)| (i.clone(), *a)).collect();
         self.state
@@ -435,8 +461,7 @@ impl Ticket {
                 GatewayError::new(ErrorKind::InsufficientQuota, refusal.message)
                     .with_code("insufficient_quota")
             })?;
-        self.budgets = items;
-        Ok(())
+        Ok(items)
     }
 
     /// The prompt tokens tollgate counted before the call.
