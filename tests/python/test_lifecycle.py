@@ -64,3 +64,17 @@ def test_h2c_prior_knowledge(demo):
     # The reply starts with the server's SETTINGS frame (type 0x04) and carries the body.
     assert data[3] == 0x04
     assert b'"status":"ok"' in data
+
+
+def test_prometheus_metrics(demo):
+    import urllib.request
+    req = urllib.request.Request(demo["base_url"] + "/chat/completions", method="POST", data=json.dumps(
+        {"model": "deepseek/deepseek-chat", "messages": [{"role": "user", "content": "count me"}]}).encode(),
+        headers={"Authorization": f"Bearer {demo['key']}", "Content-Type": "application/json"})
+    urllib.request.urlopen(req).read()
+    with urllib.request.urlopen(demo["url"] + "/metrics") as r:
+        assert r.headers["content-type"].startswith("text/plain")
+        text = r.read().decode()
+    assert 'tollgate_requests_total{provider="deepseek",model="deepseek-chat",status="ok"}' in text
+    assert 'tollgate_cost_total{provider="deepseek",model="deepseek-chat",currency="CNY"}' in text
+    assert "# TYPE tollgate_request_duration_ms histogram" in text

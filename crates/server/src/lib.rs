@@ -32,6 +32,7 @@ pub mod ledger;
 pub mod limits;
 pub mod messages;
 pub mod metering;
+pub mod metrics;
 pub mod reports;
 pub mod route;
 pub mod state;
@@ -89,6 +90,7 @@ pub fn app(state: Arc<AppState>) -> Router {
         .route("/v1/prices", get(api::prices))
         .route("/admin/usage", get(api::usage))
         .route("/healthz", get(healthz))
+        .route("/metrics", get(metrics_text))
         .route("/admin/keys", get(admin::list_keys).post(admin::create_key))
         .route("/admin/keys/{id}", axum::routing::delete(admin::revoke_key))
         .route("/admin/health", get(admin::health))
@@ -96,6 +98,18 @@ pub fn app(state: Arc<AppState>) -> Router {
         .method_not_allowed_fallback(error::method_not_allowed)
         .layer(axum::middleware::from_fn(request_id))
         .with_state(state)
+}
+
+/// `GET /metrics`: Prometheus text format (no key: scrape it from inside your network).
+async fn metrics_text(State(state): State<Arc<AppState>>) -> Response {
+    let body = state
+        .metrics
+        .render(&state.health.snapshot(chrono::Utc::now()));
+    (
+        [("content-type", "text/plain; version=0.0.4; charset=utf-8")],
+        body,
+    )
+        .into_response()
 }
 
 async fn healthz() -> Response {

@@ -480,6 +480,7 @@ impl Ticket {
     pub async fn settle(mut self, outcome: Outcome) -> Result<Priced, GatewayError> {
         let (row, priced) = self.price_and_release(&outcome);
         self.settled = true;
+        self.state.metrics.record(&row);
         self.state.ledger.append(row).await.map_err(|e| {
             tracing::error!(error = %e, request_id = %self.row.id, "ledger write failed");
             GatewayError::new(
@@ -603,6 +604,7 @@ impl Drop for Ticket {
             ttft_ms: None,
         });
         self.settled = true;
+        self.state.metrics.record(&row);
         self.state.ledger.append_detached(row);
     }
 }

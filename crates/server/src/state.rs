@@ -106,6 +106,8 @@ pub struct AppState {
     pub health: Health,
     /// Virtual models by name, with their candidates resolved.
     pub virtual_models: VirtualRoutes,
+    /// Counters for `GET /metrics`.
+    pub metrics: crate::metrics::Metrics,
 }
 
 /// The catalog: ours, plus the config's extra directories and FX overrides.
@@ -201,6 +203,7 @@ impl AppState {
             limits: Limits::new(),
             health,
             virtual_models: VirtualRoutes::new(),
+            metrics: crate::metrics::Metrics::new(),
         };
         let mut routes = VirtualRoutes::new();
         for (name, vm) in &state.config.routing.virtual_models {
