@@ -797,7 +797,7 @@ impl Relay {
                 ttft_ms: self.ttft,
             })
             .await;
-        tracing::info!(
+        tracing::debug!(
             request_id = %self.rid.0,
             provider = %self.provider,
             model = %self.model,
