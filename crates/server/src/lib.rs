@@ -139,37 +139,60 @@ async fn models(
 }
 
 /// Serves `app` on `listener` until `shutdown` resolves, then stops accepting and lets
-/// in-flight requests and streams finish for up to `grace`.
+/// in-flight requests and streams finish for up to the configured grace period.
+///
+/// Connections are served by hyper directly (HTTP/1.1, and HTTP/2 with prior knowledge,
+/// h2c) rather than through `axum::serve`, to bound what each connection may hold: a
+/// 64 KiB read buffer, 30 s to send the request head (a slow-loris client cannot hold a
+/// connection open), TCP_NODELAY so small answers and stream events leave at once.
 pub async fn run(
     listener: tokio::net::TcpListener,
     state: Arc<AppState>,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
+    use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
     let grace = state.config.shutdown_grace;
-    let (stop_tx, mut stop_rx) = tokio::sync::watch::channel(false);
-    // Small answers and stream chunks go out at once, not after Nagle's delay.
-    let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
-        let _ = tcp.set_nodelay(true);
-    });
-    let server = axum::serve(listener, app(state)).with_graceful_shutdown(async move {
-        let _ = stop_rx.wait_for(|s| *s).await;
-    });
-    let mut serving = tokio::spawn(async move { server.await });
-    tokio::select! {
-        r = &mut serving => return r.unwrap_or(Ok(())),
-        _ = shutdown => {}
+    let router = app(state);
+    let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(std::time::Duration::from_secs(30))
+        .max_buf_size(64 * 1024);
+    builder.http2().timer(TokioTimer::new());
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    tokio::pin!(shutdown);
+    loop {
+        let stream = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => stream,
+                Err(e) => {
+                    // Out of file descriptors and the like: back off, keep serving.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+                    continue;
+                }
+            },
+            _ = &mut shutdown => break,
+        };
+        let _ = stream.set_nodelay(true);
+        let service = hyper_util::service::TowerToHyperService::new(router.clone());
+        let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
+        let conn = graceful.watch(conn.into_owned());
+        tokio::spawn(async move {
+            let _ = conn.await;
+        });
     }
-    let _ = stop_tx.send(true);
+    drop(listener);
     tracing::info!(
         grace_secs = grace.as_secs(),
         "shutting down: draining in-flight requests"
     );
-    match tokio::time::timeout(grace, serving).await {
-        Ok(Ok(r)) => r,
-        Ok(Err(_)) => Ok(()),
-        Err(_) => {
+    tokio::select! {
+        _ = graceful.shutdown() => {}
+        _ = tokio::time::sleep(grace) => {
             tracing::warn!("grace period over; closing remaining connections");
-            Ok(())
         }
     }
+    Ok(())
 }
