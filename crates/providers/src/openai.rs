@@ -87,8 +87,8 @@ impl Codec for OpenAiCodec {
                 *t = t.clamp(0.0, 1.0);
             }
         }
-        let mut body = serde_json::to_value(&req).map_err(|_| GatewayError::internal())?;
-        if self.flavor == Flavor::Mistral {
+        let body = if self.flavor == Flavor::Mistral {
+            let mut body = serde_json::to_value(&req).map_err(|_| GatewayError::internal())?;
             if let Value::Object(map) = &mut body {
                 if let Some(seed) = map.remove("seed") {
                     map.insert("random_seed".into(), seed);
@@ -98,8 +98,11 @@ impl Codec for OpenAiCodec {
                 }
                 map.retain(|k, _| MISTRAL_FIELDS.contains(&k.as_str()));
             }
+            serde_json::to_vec(&body)
+        } else {
+            serde_json::to_vec(&req)
         }
-        let body = serde_json::to_vec(&body).map_err(|_| GatewayError::internal())?;
+        .map_err(|_| GatewayError::internal())?;
         let mut headers = vec![
             ("content-type".to_owned(), "application/json".to_owned()),
             (
