@@ -280,3 +280,23 @@ source = "test"
     r = subprocess.run([BIN, "prices", "--config", str(cfg)], capture_output=True, text=True)
     assert r.returncode != 0
     assert "mine.toml" in r.stderr and "glm-3-turbo" in r.stderr and "input" in r.stderr, r.stderr
+
+
+def test_group_budget_is_shared_by_its_keys(emulator, gateway):
+    gw = gateway(deepseek_config(emulator("deepseek"), extra='[groups.team-a]\namount = "0.0005"\ncurrency = "CNY"\nperiod = "month"\n'))
+    cfg = ["--config", str(gw["config"])]
+    keys = [json.loads(subprocess.run([BIN, "keys", *cfg, "create", "--name", f"member{i}", "--group", "team-a",
+                                       "--json"], check=True, capture_output=True, text=True).stdout)["key"]
+            for i in range(2)]
+    body = {"model": "deepseek/deepseek-chat", "max_tokens": 10, "messages": [{"role": "user", "content": "hi"}]}
+    spent, refused = D(0), 0
+    for i in range(40):
+        status, h, b = post(gw["url"], keys[i % 2], body)
+        if status == 200:
+            spent += header_amount(h["x-tollgate-cost"])[0]
+        else:
+            assert status == 429
+            err = json.loads(b)["error"]
+            assert err["code"] == "insufficient_quota" and "group 'team-a' month budget" in err["message"]
+            refused += 1
+    assert refused > 0 and 0 < spent <= D("0.0005")

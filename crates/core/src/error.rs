@@ -186,7 +186,11 @@ pub enum UpstreamErrorKind {
 }
 
 impl UpstreamErrorKind {
-    /// Whether trying the same request elsewhere (or later) is safe and useful.
+    /// Whether trying the same request elsewhere (or later) is safe and useful: the
+    /// upstream was unreachable, slow, overloaded, rate-limited or out of balance. A
+    /// request the vendor found invalid, or credentials it refused, fail at once (a
+    /// misconfigured key is an operator's error to surface, not to hide behind a
+    /// fallback).
     pub fn retryable(&self) -> bool {
         matches!(
             self,
@@ -196,7 +200,6 @@ impl UpstreamErrorKind {
                 | UpstreamErrorKind::Timeout
                 | UpstreamErrorKind::Connect
                 | UpstreamErrorKind::QuotaExhausted
-                | UpstreamErrorKind::Auth
         )
     }
 }

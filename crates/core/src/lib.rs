@@ -15,6 +15,8 @@
 //!   validation and merge rule, and the monthly FX table.
 //! - [`pricing`]: the cost of a request (tiers, cache, off-peak, fees; rounded once, up),
 //!   worst-case estimates for reservations, and the `tollgate prices` rows and tables.
+//! - [`routing`]: virtual-model routing decisions: needs, quality floor, strategies
+//!   (cheapest, free-first, latency, weighted, ordered) and the why of each candidate.
 
 pub mod catalog;
 pub mod chat;
@@ -22,6 +24,7 @@ pub mod error;
 pub mod money;
 pub mod pricing;
 pub mod provider;
+pub mod routing;
 pub mod secret;
 pub mod sse;
 

@@ -4,6 +4,7 @@ use axum::Router;
 
 use crate::common::EmulatorOptions;
 use crate::openai::{self, Dialect};
+use crate::{anthropic, dashscope, doubao, gemini, zhipu};
 
 /// An emulator `tollgate emulate` can start.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -12,6 +13,14 @@ pub enum EmulatorKind {
     DeepSeek,
     Moonshot,
     Mistral,
+    Qianfan,
+    Spark,
+    Hunyuan,
+    Anthropic,
+    Gemini,
+    Zhipu,
+    Doubao,
+    DashScope,
 }
 
 impl EmulatorKind {
@@ -21,6 +30,14 @@ impl EmulatorKind {
         EmulatorKind::DeepSeek,
         EmulatorKind::Moonshot,
         EmulatorKind::Mistral,
+        EmulatorKind::Qianfan,
+        EmulatorKind::Spark,
+        EmulatorKind::Hunyuan,
+        EmulatorKind::Anthropic,
+        EmulatorKind::Gemini,
+        EmulatorKind::Zhipu,
+        EmulatorKind::Doubao,
+        EmulatorKind::DashScope,
     ];
 
     /// The name `tollgate emulate` takes.
@@ -30,6 +47,14 @@ impl EmulatorKind {
             EmulatorKind::DeepSeek => "deepseek",
             EmulatorKind::Moonshot => "moonshot",
             EmulatorKind::Mistral => "mistral",
+            EmulatorKind::Qianfan => "qianfan",
+            EmulatorKind::Spark => "spark",
+            EmulatorKind::Hunyuan => "hunyuan",
+            EmulatorKind::Anthropic => "anthropic",
+            EmulatorKind::Gemini => "gemini",
+            EmulatorKind::Zhipu => "zhipu",
+            EmulatorKind::Doubao => "doubao",
+            EmulatorKind::DashScope => "dashscope",
         }
     }
 
@@ -41,6 +66,14 @@ impl EmulatorKind {
             | EmulatorKind::DeepSeek
             | EmulatorKind::Moonshot
             | EmulatorKind::Mistral => "/v1",
+            EmulatorKind::Qianfan | EmulatorKind::Spark | EmulatorKind::Hunyuan => "",
+            // The SDKs and codecs append `/v1/messages` and `/v1beta/models/...`.
+            EmulatorKind::Anthropic | EmulatorKind::Gemini => "",
+            EmulatorKind::Zhipu => "/api/paas/v4",
+            EmulatorKind::Doubao => "/api/v3",
+            // The native API lives under /api/v1/..., compatible mode under
+            // /compatible-mode/v1: the provider's base URL is the root.
+            EmulatorKind::DashScope => "",
         }
     }
 }
@@ -66,5 +99,13 @@ pub fn router_for(kind: EmulatorKind, opts: EmulatorOptions) -> Router {
         EmulatorKind::DeepSeek => openai::router(Dialect::DeepSeek, opts),
         EmulatorKind::Moonshot => openai::router(Dialect::Moonshot, opts),
         EmulatorKind::Mistral => openai::router(Dialect::Mistral, opts),
+        EmulatorKind::Qianfan => crate::qianfan::router(opts),
+        EmulatorKind::Spark => crate::spark::router(opts),
+        EmulatorKind::Hunyuan => crate::hunyuan::router(opts),
+        EmulatorKind::Anthropic => anthropic::router(opts),
+        EmulatorKind::Gemini => gemini::router(opts),
+        EmulatorKind::Zhipu => zhipu::router(opts),
+        EmulatorKind::Doubao => doubao::router(opts),
+        EmulatorKind::DashScope => dashscope::router(opts),
     }
 }

@@ -87,8 +87,8 @@ impl Codec for OpenAiCodec {
                 *t = t.clamp(0.0, 1.0);
             }
         }
-        let mut body = serde_json::to_value(&req).map_err(|_| GatewayError::internal())?;
-        if self.flavor == Flavor::Mistral {
+        let body = if self.flavor == Flavor::Mistral {
+            let mut body = serde_json::to_value(&req).map_err(|_| GatewayError::internal())?;
             if let Value::Object(map) = &mut body {
                 if let Some(seed) = map.remove("seed") {
                     map.insert("random_seed".into(), seed);
@@ -98,8 +98,11 @@ impl Codec for OpenAiCodec {
                 }
                 map.retain(|k, _| MISTRAL_FIELDS.contains(&k.as_str()));
             }
+            serde_json::to_vec(&body)
+        } else {
+            serde_json::to_vec(&req)
         }
-        let body = serde_json::to_vec(&body).map_err(|_| GatewayError::internal())?;
+        .map_err(|_| GatewayError::internal())?;
         let mut headers = vec![
             ("content-type".to_owned(), "application/json".to_owned()),
             (
@@ -137,13 +140,21 @@ impl Codec for OpenAiCodec {
         }
         // DeepSeek may send blank lines before the JSON while the request queues.
         let trimmed = trim_ascii_start(body);
-        let v: Value = serde_json::from_slice(trimmed)
-            .map_err(|e| UpstreamError::protocol(format!("response is not JSON: {e}")))?;
-        if v.get("error").is_some_and(|e| !e.is_null()) {
-            return Err(self.decode_error(status, trimmed, None));
-        }
-        let mut resp: ChatResponse = serde_json::from_value(v)
-            .map_err(|e| UpstreamError::protocol(format!("unexpected response shape: {e}")))?;
+        // Straight into the typed answer (no intermediate `Value`: this is the hot path);
+        // only a body that is not an answer is looked at again, for an error object.
+        let mut resp: ChatResponse = match serde_json::from_slice(trimmed) {
+            Ok(r) => r,
+            Err(shape) => {
+                let v: Value = serde_json::from_slice(trimmed)
+                    .map_err(|e| UpstreamError::protocol(format!("response is not JSON: {e}")))?;
+                if v.get("error").is_some_and(|e| !e.is_null()) {
+                    return Err(self.decode_error(status, trimmed, None));
+                }
+                return Err(UpstreamError::protocol(format!(
+                    "unexpected response shape: {shape}"
+                )));
+            }
+        };
         if resp.id.is_empty() {
             resp.id.clone_from(&ctx.request_id);
         }
@@ -230,12 +241,22 @@ struct WireChunk {
     usage: Option<Usage>,
     #[serde(default)]
     system_fingerprint: Option<String>,
+    /// A mid-stream failure: `data: {"error": {...}}`.
+    #[serde(default)]
+    error: Option<Value>,
 }
 
 #[derive(Deserialize)]
 struct WireChunkChoice {
-    #[serde(flatten)]
-    choice: ChunkChoice,
+    #[serde(default)]
+    index: u32,
+    #[serde(default)]
+    delta: tollgate_core::chat::Delta,
+    #[serde(default)]
+    finish_reason: Option<String>,
+    #[serde(default)]
+    logprobs: Option<Value>,
+    /// Moonshot puts the stream's usage here.
     #[serde(default)]
     usage: Option<Usage>,
 }
@@ -268,26 +289,29 @@ impl OpenAiStream {
             out.push(StreamEvent::Done);
             return Ok(());
         }
-        let v: Value = serde_json::from_str(data).map_err(|e| {
+        let wire: WireChunk = serde_json::from_str(data).map_err(|e| {
             UpstreamError::protocol(format!(
-                "stream event is not JSON ({e}): {}",
+                "stream event is not a chunk ({e}): {}",
                 excerpt(data.as_bytes())
             ))
         })?;
-        if v.get("error").is_some_and(|e| !e.is_null()) {
+        if wire.error.as_ref().is_some_and(|e| !e.is_null()) {
             let mut e = decode_openai_error(200, data.as_bytes(), None);
             e.status = None;
             return Err(e);
         }
-        let wire: WireChunk = serde_json::from_value(v)
-            .map_err(|e| UpstreamError::protocol(format!("unexpected chunk shape: {e}")))?;
         let mut usage = wire.usage;
         let mut choices = Vec::with_capacity(wire.choices.len());
         for c in wire.choices {
             if c.usage.is_some() {
                 usage = usage.or(c.usage);
             }
-            choices.push(c.choice);
+            choices.push(ChunkChoice {
+                index: c.index,
+                delta: c.delta,
+                finish_reason: c.finish_reason,
+                logprobs: c.logprobs,
+            });
         }
         if !choices.is_empty() {
             out.push(StreamEvent::Chunk(ChatChunk {

@@ -160,3 +160,32 @@ pub async fn revoke_key(
     state.keys.clear();
     Ok(axum::Json(rec).into_response())
 }
+
+/// `GET /admin/health`: circuit breakers, TTFT EWMAs and free-tier usage per
+/// `provider/model`, plus each virtual model's candidates.
+pub async fn health(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    check_admin(&state, &headers)?;
+    let snap = state.health.snapshot(chrono::Utc::now());
+    let vms: serde_json::Map<String, serde_json::Value> = state
+        .virtual_models
+        .iter()
+        .map(|(name, vr)| {
+            (
+                name.clone(),
+                serde_json::json!({
+                    "strategy": vr.cfg.strategy.as_str(),
+                    "candidates": vr.candidates.iter().map(|c| c.name()).collect::<Vec<_>>(),
+                }),
+            )
+        })
+        .collect();
+    Ok(axum::Json(serde_json::json!({
+        "models": snap.models,
+        "free_tiers": snap.free_tiers,
+        "virtual_models": vms,
+    }))
+    .into_response())
+}

@@ -4,6 +4,15 @@
 //! resolve the model → check the key may use it → encode with the provider's codec →
 //! send through the one upstream client → relay: decode the vendor's answer or stream
 //! back into OpenAI's shape, chunk by chunk → report (headers, logs).
+//!
+//! A virtual model is routed first ([`crate::route`]): its candidates are tried in the
+//! plan's order. A retryable failure before the vendor accepted the request (connect
+//! error, timeout before the first byte, 429, 5xx, overload codes) moves on to the next
+//! candidate after a capped exponential backoff with jitter, within the virtual model's
+//! deadline and attempt limit; nothing is retried once the vendor answered 200 (it may
+//! bill), so never after a stream's first byte went to the client. A non-retryable
+//! error (the request is invalid) returns at once. Every attempt lands in the ledger
+//! row's `attempts`; the row's provider/model is the candidate that served.
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -13,7 +22,7 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use http_body_util::BodyExt;
 use tokio::sync::mpsc;
-use tollgate_core::chat::{ChatChunk, ChatRequest, Usage};
+use tollgate_core::chat::{ChatRequest, Usage};
 use tollgate_core::error::ErrorKind;
 use tollgate_core::{GatewayError, UpstreamError};
 use tollgate_providers::{DecodeCtx, EncodeCtx, Outbound, StreamDecoder, StreamEvent};
@@ -21,8 +30,11 @@ use tollgate_store::KeyRecord;
 
 use crate::error::ApiError;
 use crate::metering::{self, Outcome, Ticket};
+use crate::route::{self, Route};
 use crate::state::{AppState, Resolved};
 use crate::tokens;
+use crate::upstream::UpstreamBody;
+use crate::wire::{StreamWriter, Wire};
 use crate::RequestId;
 
 /// Largest upstream body read for a non-stream answer.
@@ -67,6 +79,10 @@ pub async fn read_body(body: Body, limit: usize) -> Result<Bytes, GatewayError> 
 
 /// Decodes JSON into `T`, naming the offending field in the error.
 pub fn decode_json<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, GatewayError> {
+    // The fast path; a body that fails is decoded again to name the field at fault.
+    if let Ok(v) = serde_json::from_slice(bytes) {
+        return Ok(v);
+    }
     let mut de = serde_json::Deserializer::from_slice(bytes);
     let value: T = serde_path_to_error::deserialize(&mut de).map_err(|e| {
         let path = e.path().to_string();
@@ -102,10 +118,33 @@ pub async fn chat_completions(
     let bytes = read_body(body, state.config.max_body_bytes).await?;
     let req: ChatRequest = decode_json(&bytes)?;
     req.validate()?;
-    let resolved = state.resolve(&req.model)?;
-    authorize(&key, &resolved)?;
-    let ticket = metering::admit(&state, &rid, &key, &req, &resolved).await?;
-    Ok(complete(&state, &rid, &req, &resolved, ticket).await?)
+    let route = route_for(&state, &key, &req, &headers)?;
+    let first = route.first()?;
+    let ticket = metering::admit(&state, &rid, &key, &req, &first).await?;
+    let wire = Wire::OpenAi {
+        include_usage: req.wants_stream_usage(),
+    };
+    Ok(complete_routed(&state, &rid, &req, route, ticket, wire).await?)
+}
+
+/// Resolves what the client named: a virtual model is planned (with the routing
+/// headers' controls), anything else resolved and authorized as one candidate.
+pub fn route_for(
+    state: &AppState,
+    key: &KeyRecord,
+    req: &ChatRequest,
+    headers: &HeaderMap,
+) -> Result<Route, GatewayError> {
+    let controls = route::Controls::from_headers(state, headers)?;
+    match state.virtual_models.get(&req.model) {
+        Some(vr) => route::plan_virtual(state, vr, key, req, &controls),
+        None => {
+            let resolved = state.resolve(&req.model)?;
+            authorize(key, &resolved)?;
+            route::check_direct_cost(state, &resolved, req, &controls)?;
+            Ok(Route::direct(resolved))
+        }
+    }
 }
 
 /// 403 when the key may not use the model.
@@ -135,6 +174,10 @@ fn upstream_err(r: &Resolved, e: &UpstreamError) -> GatewayError {
 struct Failure {
     error: GatewayError,
     billed: bool,
+    /// The vendor refused the credentials: a fetched token may have expired.
+    retry_with_new_token: bool,
+    /// What the upstream did; `None` when the request could not be encoded for it.
+    upstream: Option<tollgate_core::UpstreamErrorKind>,
 }
 
 impl Failure {
@@ -142,7 +185,15 @@ impl Failure {
         Failure {
             error,
             billed: false,
+            retry_with_new_token: false,
+            upstream: None,
         }
+    }
+
+    /// Whether another candidate may be tried: the vendor did not accept the request,
+    /// and the failure was the upstream's (or this vendor could not take the request).
+    fn may_fall_back(&self) -> bool {
+        !self.billed && self.upstream.is_none_or(|k| k.retryable())
     }
 }
 
@@ -150,87 +201,142 @@ impl Failure {
 enum Answer {
     Full(tollgate_core::ChatResponse),
     Stream {
-        body: hyper::body::Incoming,
+        body: UpstreamBody,
         decoder: Box<dyn StreamDecoder>,
         first: Vec<StreamEvent>,
         ended: bool,
     },
 }
 
-/// Encodes, sends, and reads the answer (or the stream's first events).
+/// One call, with a token refresh and a second try when a token-based vendor (ERNIE)
+/// says the token is invalid or expired.
 async fn call(
     state: &Arc<AppState>,
     req: &ChatRequest,
     r: &Resolved,
     dctx: &DecodeCtx,
-) -> Result<Answer, Failure> {
+) -> Result<(Answer, std::time::Duration), Failure> {
+    let p = &r.provider;
+    let fail = |e: &UpstreamError| Failure {
+        upstream: Some(e.kind),
+        ..Failure::before_answer(upstream_err(r, e))
+    };
+    let creds = state
+        .tokens
+        .credentials(
+            &state.upstream,
+            &p.cfg.id,
+            &p.cfg.base_url,
+            p.codec.as_ref(),
+            &p.cfg.credentials,
+            false,
+        )
+        .await
+        .map_err(|e| fail(&e))?;
+    match call_once(state, req, r, dctx, &creds).await {
+        Err(f) if f.retry_with_new_token && creds.access_token.is_some() => {
+            let creds = state
+                .tokens
+                .credentials(
+                    &state.upstream,
+                    &p.cfg.id,
+                    &p.cfg.base_url,
+                    p.codec.as_ref(),
+                    &p.cfg.credentials,
+                    true,
+                )
+                .await
+                .map_err(|e| fail(&e))?;
+            call_once(state, req, r, dctx, &creds).await
+        }
+        other => other,
+    }
+}
+
+/// Encodes, sends, and reads the answer (or the stream's first events).
+async fn call_once(
+    state: &Arc<AppState>,
+    req: &ChatRequest,
+    r: &Resolved,
+    dctx: &DecodeCtx,
+    creds: &tollgate_providers::Credentials,
+) -> Result<(Answer, std::time::Duration), Failure> {
+    // Time to the response head (HTTP) or to the first decoded events (streams and
+    // WebSocket exchanges): the TTFT health tracks.
+    let t0 = tokio::time::Instant::now();
     let stream = req.is_stream();
+    let codec = r.provider.codec.as_ref();
     let ctx = EncodeCtx {
         base_url: &r.provider.cfg.base_url,
         upstream_model: &r.upstream_model,
-        credentials: &r.provider.cfg.credentials,
+        credentials: creds,
         now: chrono::Utc::now(),
         stream,
     };
-    let outbound = r
-        .provider
-        .codec
-        .encode(req, &ctx)
-        .map_err(Failure::before_answer)?;
-    let http = match outbound {
-        Outbound::Http(h) => h,
-        Outbound::WebSocket(_) => {
-            return Err(Failure::before_answer(GatewayError::new(
-                ErrorKind::BadGateway,
-                "WebSocket upstreams are not supported by this build",
-            )))
-        }
+    let outbound = codec.encode(req, &ctx).map_err(Failure::before_answer)?;
+    let fail = |e: &UpstreamError| Failure {
+        error: upstream_err(r, e),
+        billed: false,
+        retry_with_new_token: e.kind == tollgate_core::UpstreamErrorKind::Auth,
+        upstream: Some(e.kind),
     };
-    let fail = |e: &UpstreamError| Failure::before_answer(upstream_err(r, e));
-    let resp = state.upstream.send(&http).await.map_err(|e| fail(&e))?;
-    if resp.status >= 400 {
-        let body = state
-            .upstream
-            .read_all(resp.body, MAX_UPSTREAM_BODY)
-            .await
-            .unwrap_or_default();
-        let e = r
-            .provider
-            .codec
-            .decode_error(resp.status, &body, resp.retry_after);
-        return Err(fail(&e));
-    }
-    // From here the vendor has accepted the request and may bill it.
     let billed = |e: &UpstreamError| Failure {
         error: upstream_err(r, e),
         billed: true,
+        retry_with_new_token: false,
+        upstream: Some(e.kind),
     };
-    if !stream {
-        let body = state
-            .upstream
-            .read_all(resp.body, MAX_UPSTREAM_BODY)
-            .await
-            .map_err(|e| billed(&e))?;
-        return match r.provider.codec.decode(resp.status, &body, dctx) {
-            Ok(out) => Ok(Answer::Full(out)),
-            // An error the vendor reports inside a 200 (ERNIE, Hunyuan) was not billed.
-            Err(e) if e.kind != tollgate_core::UpstreamErrorKind::Protocol => Err(fail(&e)),
-            Err(e) => Err(billed(&e)),
-        };
-    }
+    let (mut body, content_type) = match outbound {
+        Outbound::Http(http) => {
+            let resp = state.upstream.send(&http).await.map_err(|e| fail(&e))?;
+            let head = t0.elapsed();
+            if resp.status >= 400 {
+                let body = state
+                    .upstream
+                    .read_all(resp.body, MAX_UPSTREAM_BODY)
+                    .await
+                    .unwrap_or_default();
+                return Err(fail(&codec.decode_error(
+                    resp.status,
+                    &body,
+                    resp.retry_after,
+                )));
+            }
+            if !stream {
+                // From here the vendor has accepted the request and may bill it.
+                let body = state
+                    .upstream
+                    .read_all(resp.body, MAX_UPSTREAM_BODY)
+                    .await
+                    .map_err(|e| billed(&e))?;
+                return match codec.decode(resp.status, &body, dctx) {
+                    Ok(out) => Ok((Answer::Full(out), head)),
+                    // An error the vendor reports inside a 200 (ERNIE, Hunyuan) was not billed.
+                    Err(e) if e.kind != tollgate_core::UpstreamErrorKind::Protocol => Err(fail(&e)),
+                    Err(e) => Err(billed(&e)),
+                };
+            }
+            (UpstreamBody::Http(resp.body), resp.content_type)
+        }
+        // A WebSocket exchange always streams; a non-stream client gets it collected.
+        Outbound::WebSocket(ws) => (
+            state
+                .upstream
+                .websocket(&ws, codec)
+                .await
+                .map_err(|e| fail(&e))?,
+            None,
+        ),
+    };
     // Read until the decoder yields its first events, so that an error the vendor reports
     // before any content (including HTTP-200 errors) is still a proper HTTP error.
-    let mut decoder = r
-        .provider
-        .codec
-        .stream_decoder(dctx, resp.content_type.as_deref());
-    let mut body = resp.body;
+    let mut decoder = codec.stream_decoder(dctx, content_type.as_deref());
     let mut first = Vec::new();
     let mut ended = false;
     while first.is_empty() {
         match state
             .upstream
-            .next_chunk(&mut body)
+            .next(&mut body)
             .await
             .map_err(|e| billed(&e))?
         {
@@ -247,49 +353,232 @@ async fn call(
             "the upstream stream was empty",
         )));
     }
-    Ok(Answer::Stream {
-        body,
-        decoder,
-        first,
-        ended,
-    })
+    let ttft = t0.elapsed();
+    if stream {
+        return Ok((
+            Answer::Stream {
+                body,
+                decoder,
+                first,
+                ended,
+            },
+            ttft,
+        ));
+    }
+    let mut agg = tollgate_providers::aggregate::Aggregator::new();
+    let mut events = first;
+    loop {
+        for ev in events.drain(..) {
+            agg.push(ev);
+        }
+        if ended || agg.is_done() {
+            break;
+        }
+        match state
+            .upstream
+            .next(&mut body)
+            .await
+            .map_err(|e| billed(&e))?
+        {
+            Some(bytes) => decoder.feed(&bytes, &mut events).map_err(|e| billed(&e))?,
+            None => {
+                decoder.finish(&mut events).map_err(|e| billed(&e))?;
+                ended = true;
+            }
+        }
+    }
+    agg.finish(dctx)
+        .map(|a| (Answer::Full(a), ttft))
+        .map_err(|e| billed(&e))
 }
 
-/// Calls the upstream, settles the ticket and builds the client's response.
+/// Calls the upstream, settles the ticket and builds the client's response (a direct
+/// `provider/model`: one attempt, no fallback).
 pub async fn complete(
     state: &Arc<AppState>,
     rid: &RequestId,
     req: &ChatRequest,
     r: &Resolved,
     ticket: Ticket,
+    wire: Wire,
 ) -> Result<Response, GatewayError> {
-    let now = chrono::Utc::now();
-    let dctx = DecodeCtx {
-        request_id: rid.0.clone(),
-        created: now.timestamp(),
-        model: r.model.clone(),
+    complete_routed(state, rid, req, Route::direct(r.clone()), ticket, wire).await
+}
+
+/// The backoff before attempt `n + 1` (n >= 1 attempts made): `backoff * 2^(n-1)`,
+/// capped, with "equal jitter" (half fixed, half random) so that clients failing over
+/// together spread out.
+fn backoff(retry: &crate::config::Retry, n: usize) -> std::time::Duration {
+    let base = retry.backoff.as_millis() as u64;
+    let exp = base.saturating_mul(1u64 << (n.saturating_sub(1)).min(16));
+    let capped = exp.min(retry.backoff_max.as_millis() as u64);
+    let half = capped / 2;
+    let jitter = if half == 0 {
+        0
+    } else {
+        route::random_u64() % (half + 1)
     };
-    let answer = match call(state, req, r, &dctx).await {
-        Ok(a) => a,
-        Err(f) => {
-            let status = if f.billed {
-                "upstream_error_after_accept"
+    std::time::Duration::from_millis(half + jitter)
+}
+
+fn attempt_json(
+    r: &Resolved,
+    outcome: &str,
+    error: &GatewayError,
+    latency_ms: u128,
+) -> serde_json::Value {
+    serde_json::json!({
+        "provider": r.provider.cfg.id, "model": r.model, "outcome": outcome,
+        "http_status": error.kind.http_status(),
+        "error": error.code.clone().unwrap_or_default(),
+        "message": error.message,
+        "latency_ms": latency_ms,
+    })
+}
+
+/// Tries the route's candidates in order (see the module docs) and answers with the
+/// first that serves.
+pub async fn complete_routed(
+    state: &Arc<AppState>,
+    rid: &RequestId,
+    req: &ChatRequest,
+    route: Route,
+    mut ticket: Ticket,
+    wire: Wire,
+) -> Result<Response, GatewayError> {
+    let started = tokio::time::Instant::now();
+    let max = route.retry.max_attempts as usize;
+    let mut tried = 0usize;
+    let mut last: Option<GatewayError> = None;
+    for (i, (r, verdict)) in route.tries.iter().enumerate() {
+        if tried >= max {
+            break;
+        }
+        let name = r.name();
+        if i > 0 {
+            if tried > 0 {
+                let delay = backoff(&route.retry, tried);
+                if started.elapsed() + delay > route.retry.deadline {
+                    tracing::info!(request_id = %rid.0, "routing deadline reached; no further attempts");
+                    break;
+                }
+                tokio::time::sleep(delay).await;
+            }
+            if let Err(e) = ticket.retarget(req, r, chrono::Utc::now()) {
+                ticket.record_attempt(attempt_json(r, "skipped_budget", &e, 0));
+                last = Some(e);
+                continue;
+            }
+        }
+        let permit = match state.health.acquire(&name) {
+            Ok(p) => p,
+            Err(why) => {
+                let e = GatewayError::new(
+                    ErrorKind::Unavailable,
+                    format!("The model '{name}' is unavailable: its circuit is open ({why})"),
+                )
+                .with_code("circuit_open");
+                ticket.record_attempt(attempt_json(r, "skipped_circuit_open", &e, 0));
+                last = Some(e);
+                continue;
+            }
+        };
+        tried += 1;
+        state.health.free_request(&name, chrono::Utc::now());
+        let now = chrono::Utc::now();
+        let dctx = DecodeCtx {
+            request_id: rid.0.clone(),
+            created: now.timestamp(),
+            model: r.model.clone(),
+        };
+        let t0 = tokio::time::Instant::now();
+        match call(state, req, r, &dctx).await {
+            Ok((answer, ttft)) => {
+                state.health.success(&name, Some(ttft));
+                let header = route.header(*verdict, tried);
+                return finish(state, rid, r, ticket, answer, header, wire).await;
+            }
+            Err(f) => {
+                match f.upstream {
+                    Some(k) if k.retryable() => state.health.failure(&name, &f.error.message),
+                    Some(_) => state.health.success(&name, None),
+                    None => state.health.release(&name, permit),
+                }
+                if f.upstream == Some(tollgate_core::UpstreamErrorKind::RateLimited) {
+                    let secs = f.error.retry_after_secs.unwrap_or(60).clamp(1, 86_400);
+                    let is_free = r.entry.as_ref().is_some_and(|e| {
+                        tollgate_core::routing::free_by_price(e, now)
+                            || tollgate_core::routing::has_free_quota(e)
+                    });
+                    if is_free {
+                        state
+                            .health
+                            .free_throttled(&name, now + chrono::Duration::seconds(secs as i64));
+                    }
+                }
+                let more = f.may_fall_back() && i + 1 < route.tries.len() && tried < max;
+                if more {
+                    tracing::info!(request_id = %rid.0, candidate = %name, error = %f.error.message, "falling back to the next candidate");
+                    ticket.record_attempt(attempt_json(
+                        r,
+                        "upstream_error",
+                        &f.error,
+                        t0.elapsed().as_millis(),
+                    ));
+                    last = Some(f.error);
+                    continue;
+                }
+                let status = if f.billed {
+                    "upstream_error_after_accept"
+                } else {
+                    "upstream_error"
+                };
+                ticket
+                    .settle(Outcome {
+                        usage: None,
+                        completion_estimate: 0,
+                        upstream_reached: f.billed,
+                        status,
+                        http_status: f.error.kind.http_status(),
+                        ttft_ms: None,
+                    })
+                    .await?;
+                return Err(f.error);
+            }
+        }
+    }
+    let error = last.unwrap_or_else(|| {
+        GatewayError::new(ErrorKind::Unavailable, "No candidate could be tried")
+            .with_code("no_healthy_candidate")
+    });
+    ticket
+        .settle(Outcome {
+            usage: None,
+            completion_estimate: 0,
+            upstream_reached: false,
+            status: if error.code.as_deref() == Some("circuit_open") {
+                "circuit_open"
             } else {
                 "upstream_error"
-            };
-            ticket
-                .settle(Outcome {
-                    usage: None,
-                    completion_estimate: 0,
-                    upstream_reached: f.billed,
-                    status,
-                    http_status: f.error.kind.http_status(),
-                    ttft_ms: None,
-                })
-                .await?;
-            return Err(f.error);
-        }
-    };
+            },
+            http_status: error.kind.http_status(),
+            ttft_ms: None,
+        })
+        .await?;
+    Err(error)
+}
+
+/// Settles a served answer and builds the client's response.
+#[allow(clippy::too_many_arguments)]
+async fn finish(
+    state: &Arc<AppState>,
+    rid: &RequestId,
+    r: &Resolved,
+    ticket: Ticket,
+    answer: Answer,
+    route_header: Option<String>,
+    wire: Wire,
+) -> Result<Response, GatewayError> {
     let ttft = Some(ticket.elapsed_ms());
     match answer {
         Answer::Full(mut out) => {
@@ -307,11 +596,14 @@ pub async fn complete(
             if let Some(u) = out.usage.as_mut() {
                 u.cost = priced.cost.as_ref().map(ToString::to_string);
             }
-            let json = serde_json::to_vec(&out).map_err(|_| GatewayError::internal())?;
+            let json = wire.full_body(&out)?;
             let mut response = Response::new(Body::from(json));
             let h = response.headers_mut();
             h.insert("content-type", HeaderValue::from_static("application/json"));
             add_route_headers(h, r);
+            if let Some(v) = &route_header {
+                insert(h, "x-tollgate-route", v);
+            }
             insert(h, "x-tollgate-cost", &priced.header());
             if let Some(c) = priced.converted_header() {
                 insert(h, "x-tollgate-cost-converted", &c);
@@ -339,6 +631,9 @@ pub async fn complete(
             h.insert("cache-control", HeaderValue::from_static("no-cache"));
             h.insert("x-accel-buffering", HeaderValue::from_static("no"));
             add_route_headers(h, r);
+            if let Some(v) = &route_header {
+                insert(h, "x-tollgate-route", v);
+            }
             if let Some(max) = &ticket.max_cost {
                 insert(h, "x-tollgate-cost-max", &max.to_string());
             }
@@ -346,11 +641,10 @@ pub async fn complete(
                 insert(h, k, v);
             }
             let relay = Relay {
+                writer: wire.stream_writer(&rid.0, &r.model, ticket.prompt_estimate()),
                 rid: rid.clone(),
                 provider: r.provider.cfg.id.clone(),
                 model: r.model.clone(),
-                wants_usage: req.wants_stream_usage(),
-                last: None,
                 usage: None,
                 done: false,
                 completion_estimate: 0,
@@ -394,12 +688,11 @@ fn add_route_headers(h: &mut HeaderMap, r: &Resolved) {
 
 /// Relays one upstream stream to one client, and settles its ticket at the end.
 struct Relay {
+    /// Writes the client's wire format.
+    writer: Box<dyn StreamWriter>,
     rid: RequestId,
     provider: String,
     model: String,
-    wants_usage: bool,
-    /// The last chunk seen: its id/created/model label the usage chunk.
-    last: Option<(String, i64, String)>,
     usage: Option<Usage>,
     done: bool,
     /// Tokens of the content relayed so far (for a stream cut before the vendor's usage).
@@ -417,7 +710,7 @@ impl Relay {
     async fn run(
         mut self,
         upstream: crate::upstream::Upstream,
-        mut body: hyper::body::Incoming,
+        mut body: UpstreamBody,
         mut decoder: Box<dyn StreamDecoder>,
         first: Vec<StreamEvent>,
         mut ended: bool,
@@ -441,7 +734,7 @@ impl Relay {
                     self.settle("client_disconnected", 499).await;
                     return;
                 }
-                n = upstream.next_chunk(&mut body) => n,
+                n = upstream.next(&mut body) => n,
             };
             match next {
                 Ok(Some(bytes)) => {
@@ -470,48 +763,23 @@ impl Relay {
                 "the upstream stream ended before completion",
             ));
         }
-        match failure {
+        let closing = match failure {
             Some(e) => {
                 tracing::warn!(request_id = %self.rid.0, provider = %self.provider, error = %e, "stream failed");
-                let ge = e.to_gateway_error(&self.provider);
                 self.settle("upstream_cut", 200).await;
-                let line = format!("data: {}\n\n", ge.to_openai_json());
-                let _ = tx.send(Ok(Bytes::from(line))).await;
+                self.writer.error(&e.to_gateway_error(&self.provider))
             }
-            None => {
-                let priced = match self.settle("ok", 200).await {
-                    Some(Ok(p)) => p,
-                    Some(Err(ge)) => {
-                        let line = format!("data: {}\n\n", ge.to_openai_json());
-                        let _ = tx.send(Ok(Bytes::from(line))).await;
-                        return;
-                    }
-                    None => return,
-                };
-                if self.wants_usage {
-                    let (id, created, model) = self.last.clone().unwrap_or_else(|| {
-                        (
-                            self.rid.0.clone(),
-                            chrono::Utc::now().timestamp(),
-                            self.model.clone(),
-                        )
-                    });
-                    let mut usage = priced.usage.clone();
-                    usage.cost = priced.cost.as_ref().map(ToString::to_string);
-                    let chunk = ChatChunk {
-                        id,
-                        object: "chat.completion.chunk".to_owned(),
-                        created,
-                        model,
-                        choices: Vec::new(),
-                        system_fingerprint: None,
-                        usage: Some(usage),
-                    };
-                    if let Ok(json) = serde_json::to_string(&chunk) {
-                        let _ = tx.send(Ok(Bytes::from(format!("data: {json}\n\n")))).await;
-                    }
-                }
-                let _ = tx.send(Ok(Bytes::from_static(b"data: [DONE]\n\n"))).await;
+            // The row is committed before the closing bytes go out: a client that saw
+            // the end of the stream is in the ledger.
+            None => match self.settle("ok", 200).await {
+                Some(Ok(priced)) => self.writer.finish(&priced),
+                Some(Err(ge)) => self.writer.error(&ge),
+                None => Vec::new(),
+            },
+        };
+        for b in closing {
+            if tx.send(Ok(b)).await.is_err() {
+                break;
             }
         }
     }
@@ -533,7 +801,7 @@ impl Relay {
                 ttft_ms: self.ttft,
             })
             .await;
-        tracing::info!(
+        tracing::debug!(
             request_id = %self.rid.0,
             provider = %self.provider,
             model = %self.model,
@@ -551,9 +819,8 @@ impl Relay {
         tx: &mpsc::Sender<Result<Bytes, Infallible>>,
     ) -> Flow {
         for ev in events.drain(..) {
-            match ev {
-                StreamEvent::Chunk(mut c) => {
-                    c.usage = None;
+            match &ev {
+                StreamEvent::Chunk(c) => {
                     for ch in &c.choices {
                         let d = &ch.delta;
                         self.completion_estimate +=
@@ -568,20 +835,14 @@ impl Relay {
                             }
                         }
                     }
-                    self.last = Some((c.id.clone(), c.created, c.model.clone()));
-                    let Ok(json) = serde_json::to_vec(&c) else {
-                        continue;
-                    };
-                    let mut line = Vec::with_capacity(json.len() + 8);
-                    line.extend_from_slice(b"data: ");
-                    line.extend_from_slice(&json);
-                    line.extend_from_slice(b"\n\n");
-                    if tx.send(Ok(Bytes::from(line))).await.is_err() {
-                        return Flow::ClientGone;
-                    }
                 }
-                StreamEvent::Usage(u) => self.usage = Some(u),
+                StreamEvent::Usage(u) => self.usage = Some(u.clone()),
                 StreamEvent::Done => self.done = true,
+            }
+            for b in self.writer.event(&ev) {
+                if tx.send(Ok(b)).await.is_err() {
+                    return Flow::ClientGone;
+                }
             }
         }
         Flow::Continue

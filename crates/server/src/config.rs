@@ -48,6 +48,19 @@ pub struct RawConfig {
     /// Per-model rate limits across all keys: `"deepseek/deepseek-chat" = { rpm = 60, tpm = 100000 }`.
     #[serde(default)]
     pub limits: BTreeMap<String, RawLimit>,
+    /// Virtual models: names clients use as `model`, routed over candidates (see the
+    /// routing section at the end of this file).
+    #[serde(default)]
+    pub virtual_models: BTreeMap<String, RawVirtualModel>,
+    /// Routing defaults and the circuit breaker.
+    #[serde(default)]
+    pub routing: RawRouting,
+    /// Free-tier limits per `provider/model`, overriding the catalog's.
+    #[serde(default)]
+    pub free_tiers: BTreeMap<String, RawFreeTier>,
+    /// Switches for tests; never on in production.
+    #[serde(default)]
+    pub testing: RawTesting,
 }
 
 /// `[limits."provider/model"]`.
@@ -120,6 +133,8 @@ pub struct Config {
     )>,
     pub groups: BTreeMap<String, tollgate_store::BudgetSpec>,
     pub model_limits: BTreeMap<String, crate::limits::Spec>,
+    /// Routing: virtual models, defaults, breaker, free-tier overrides, test clock.
+    pub routing: Routing,
 }
 
 /// Upstream timeouts.
@@ -169,6 +184,7 @@ impl Config {
             fx: Vec::new(),
             groups: BTreeMap::new(),
             model_limits: BTreeMap::new(),
+            routing: Routing::default(),
         }
     }
 
@@ -310,11 +326,11 @@ impl RawConfig {
                 Some(m) => m.parse().map_err(|e| format!("providers.{id}.mode: {e}"))?,
                 None => Mode::Native,
             };
-            tollgate_providers::codec_for(kind, mode)
-                .map_err(|e| format!("providers.{id}: {e}"))?;
             let base_url = p
                 .base_url
-                .unwrap_or_else(|| kind.default_base_url().to_owned())
+                .unwrap_or_else(|| {
+                    tollgate_providers::registry::default_base_url(kind, mode).to_owned()
+                })
                 .trim_end_matches('/')
                 .to_owned();
             if !(base_url.starts_with("http://")
@@ -382,7 +398,14 @@ impl RawConfig {
                 },
             );
         }
+        let routing = validate_routing(
+            self.virtual_models,
+            self.routing,
+            self.free_tiers,
+            self.testing,
+        )?;
         Ok(Config {
+            routing,
             catalog_dirs,
             fx,
             groups: self.groups,
@@ -397,6 +420,316 @@ impl RawConfig {
             providers,
         })
     }
+}
+
+// ---------------------------------------------------------------------------------------
+// Routing: virtual models, routing defaults, the circuit breaker, free-tier overrides.
+// ---------------------------------------------------------------------------------------
+
+/// `[virtual_models.NAME]`: a model name clients use, served by candidates in the order
+/// of a strategy.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawVirtualModel {
+    /// `provider/model` entries, in order (the order `ordered` keeps and ties follow).
+    #[serde(default)]
+    pub candidates: Vec<String>,
+    /// Adds every served catalog model that matches.
+    pub filter: Option<RawFilter>,
+    /// `cheapest` (default), `free-first`, `latency`, `weighted` or `ordered`.
+    pub strategy: Option<String>,
+    /// Minimum quality score (catalog `quality.score`, e.g. an LMArena Elo).
+    pub quality_floor: Option<toml::Value>,
+    /// `weighted`: `{ "provider/model" = 3 }`; unlisted candidates weigh 1.
+    #[serde(default)]
+    pub weights: BTreeMap<String, u32>,
+    /// Most candidates tried for one request. Default 3.
+    pub max_attempts: Option<u32>,
+    /// No new attempt starts after this many ms from the first. Default 30000.
+    pub deadline_ms: Option<u64>,
+    /// Backoff before the 2nd attempt; doubles each time, with jitter. Default 50.
+    pub backoff_ms: Option<u64>,
+    /// Backoff cap. Default 1000.
+    pub backoff_max_ms: Option<u64>,
+}
+
+/// `filter = { capability = "tools", min_quality = 1200, providers = [...] }`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawFilter {
+    /// One capability or a list: `tools`, `vision`, `json_mode`, `streaming`.
+    pub capability: Option<toml::Value>,
+    pub min_quality: Option<toml::Value>,
+    /// Only these provider ids (default: all configured).
+    #[serde(default)]
+    pub providers: Vec<String>,
+    /// Only models free by price or with a free quota.
+    #[serde(default)]
+    pub free: bool,
+}
+
+/// `[routing]`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRouting {
+    /// Currency costs are compared in. Default: `reporting_currency`.
+    pub currency: Option<String>,
+    /// Output tokens estimates assume when a request sets no `max_tokens`. Default 1024.
+    pub default_max_tokens: Option<u64>,
+    /// `latency`: per thousand requests, how many try another candidate first. Default 50.
+    pub explore_per_mille: Option<u32>,
+    #[serde(default)]
+    pub breaker: RawBreaker,
+}
+
+/// `[routing.breaker]`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawBreaker {
+    /// Consecutive failures that open a circuit. Default 5.
+    pub failures: Option<u32>,
+    /// Error rate (percent) over the window that opens it... Default 50.
+    pub error_rate_percent: Option<u32>,
+    /// ...once the window holds at least this many calls. Default 20.
+    pub min_requests: Option<u32>,
+    /// The window, seconds. Default 60.
+    pub window_secs: Option<u64>,
+    /// Seconds an open circuit waits before one probe. Default 30.
+    pub cool_down_secs: Option<u64>,
+}
+
+/// `[free_tiers."provider/model"]`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawFreeTier {
+    pub rpm: Option<u64>,
+    pub rpd: Option<u64>,
+    pub tpm: Option<u64>,
+    pub daily_tokens: Option<u64>,
+    pub quota_tokens: Option<u64>,
+}
+
+/// `[testing]`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawTesting {
+    /// Honour an `x-tollgate-now: RFC3339` request header as the instant routing prices
+    /// at (to test off-peak routing). Never enable in production.
+    #[serde(default)]
+    pub clock_override: bool,
+}
+
+/// Validated routing settings.
+#[derive(Debug, Clone, Default)]
+pub struct Routing {
+    pub virtual_models: BTreeMap<String, VirtualModel>,
+    /// `None`: the reporting currency.
+    pub currency: Option<tollgate_core::Currency>,
+    pub default_max_tokens: u64,
+    pub explore_per_mille: u32,
+    pub breaker: crate::health::BreakerConfig,
+    pub free_tiers: BTreeMap<String, crate::health::FreeLimits>,
+    pub clock_override: bool,
+}
+
+/// One validated virtual model.
+#[derive(Debug, Clone)]
+pub struct VirtualModel {
+    pub name: String,
+    pub candidates: Vec<String>,
+    pub filter: Option<Filter>,
+    pub strategy: tollgate_core::routing::Strategy,
+    pub quality_floor: Option<tollgate_core::money::Decimal>,
+    pub weights: BTreeMap<String, u32>,
+    pub retry: Retry,
+}
+
+/// A validated catalog filter.
+#[derive(Debug, Clone, Default)]
+pub struct Filter {
+    pub capabilities: Vec<String>,
+    pub min_quality: Option<tollgate_core::money::Decimal>,
+    pub providers: Vec<String>,
+    pub free: bool,
+}
+
+/// Retry and fallback settings of a virtual model.
+#[derive(Debug, Clone, Copy)]
+pub struct Retry {
+    pub max_attempts: u32,
+    pub deadline: Duration,
+    pub backoff: Duration,
+    pub backoff_max: Duration,
+}
+
+impl Default for Retry {
+    fn default() -> Self {
+        Retry {
+            max_attempts: 3,
+            deadline: Duration::from_secs(30),
+            backoff: Duration::from_millis(50),
+            backoff_max: Duration::from_millis(1000),
+        }
+    }
+}
+
+fn decimal(v: &toml::Value, path: &str) -> Result<tollgate_core::money::Decimal, String> {
+    let text = match v {
+        toml::Value::Integer(i) => i.to_string(),
+        toml::Value::String(s) => s.clone(),
+        toml::Value::Float(f) => f.to_string(),
+        _ => return Err(format!("{path}: expected a number")),
+    };
+    tollgate_core::money::Decimal::parse(&text)
+        .map_err(|e| format!("{path}: '{text}' is not a number: {e}"))
+}
+
+fn validate_routing(
+    vms: BTreeMap<String, RawVirtualModel>,
+    raw: RawRouting,
+    free: BTreeMap<String, RawFreeTier>,
+    testing: RawTesting,
+) -> Result<Routing, String> {
+    let currency = match raw.currency {
+        Some(c) => Some(
+            c.parse::<tollgate_core::Currency>()
+                .map_err(|_| format!("routing.currency: '{c}' is not CNY, USD or EUR"))?,
+        ),
+        None => None,
+    };
+    let b = raw.breaker;
+    let d = crate::health::BreakerConfig::default();
+    let breaker = crate::health::BreakerConfig {
+        failure_threshold: b.failures.unwrap_or(d.failure_threshold).max(1),
+        error_rate_percent: b.error_rate_percent.unwrap_or(d.error_rate_percent),
+        min_requests: b.min_requests.unwrap_or(d.min_requests).max(1),
+        window: b.window_secs.map(Duration::from_secs).unwrap_or(d.window),
+        cool_down: b
+            .cool_down_secs
+            .map(Duration::from_secs)
+            .unwrap_or(d.cool_down),
+        ewma_alpha: d.ewma_alpha,
+    };
+    if breaker.error_rate_percent == 0 || breaker.error_rate_percent > 100 {
+        return Err("routing.breaker.error_rate_percent: must be 1..=100".to_owned());
+    }
+    let mut virtual_models = BTreeMap::new();
+    for (name, v) in vms {
+        let path = format!("virtual_models.{name}");
+        if name.is_empty() || name.contains('/') {
+            return Err(format!(
+                "{path}: a virtual model name may not be empty or contain '/'"
+            ));
+        }
+        for c in &v.candidates {
+            if !c.contains('/') {
+                return Err(format!("{path}.candidates: '{c}' must be provider/model"));
+            }
+        }
+        if v.candidates.is_empty() && v.filter.is_none() {
+            return Err(format!("{path}: give candidates, a filter, or both"));
+        }
+        let strategy = match &v.strategy {
+            Some(s) => s.parse().map_err(|e| format!("{path}.strategy: {e}"))?,
+            None => tollgate_core::routing::Strategy::Cheapest,
+        };
+        let quality_floor = v
+            .quality_floor
+            .as_ref()
+            .map(|q| decimal(q, &format!("{path}.quality_floor")))
+            .transpose()?;
+        let filter = match v.filter {
+            None => None,
+            Some(f) => {
+                let capabilities = match f.capability {
+                    None => Vec::new(),
+                    Some(toml::Value::String(s)) => vec![s],
+                    Some(toml::Value::Array(a)) => a
+                        .into_iter()
+                        .map(|x| match x {
+                            toml::Value::String(s) => Ok(s),
+                            _ => Err(format!("{path}.filter.capability: expected strings")),
+                        })
+                        .collect::<Result<_, _>>()?,
+                    Some(_) => {
+                        return Err(format!(
+                            "{path}.filter.capability: expected a string or a list"
+                        ))
+                    }
+                };
+                for c in &capabilities {
+                    if tollgate_core::Capabilities::default().has(c).is_none() {
+                        return Err(format!(
+                            "{path}.filter.capability: unknown capability '{c}' (tools, vision, json_mode, streaming)"
+                        ));
+                    }
+                }
+                Some(Filter {
+                    capabilities,
+                    min_quality: f
+                        .min_quality
+                        .as_ref()
+                        .map(|q| decimal(q, &format!("{path}.filter.min_quality")))
+                        .transpose()?,
+                    providers: f.providers,
+                    free: f.free,
+                })
+            }
+        };
+        let dr = Retry::default();
+        let retry = Retry {
+            max_attempts: v.max_attempts.unwrap_or(dr.max_attempts).max(1),
+            deadline: v
+                .deadline_ms
+                .map(Duration::from_millis)
+                .unwrap_or(dr.deadline),
+            backoff: v
+                .backoff_ms
+                .map(Duration::from_millis)
+                .unwrap_or(dr.backoff),
+            backoff_max: v
+                .backoff_max_ms
+                .map(Duration::from_millis)
+                .unwrap_or(dr.backoff_max),
+        };
+        virtual_models.insert(
+            name.clone(),
+            VirtualModel {
+                name,
+                candidates: v.candidates,
+                filter,
+                strategy,
+                quality_floor,
+                weights: v.weights,
+                retry,
+            },
+        );
+    }
+    let mut free_tiers = BTreeMap::new();
+    for (m, f) in free {
+        if !m.contains('/') {
+            return Err(format!("free_tiers.{m}: name the model as provider/model"));
+        }
+        free_tiers.insert(
+            m,
+            crate::health::FreeLimits {
+                rpm: f.rpm,
+                rpd: f.rpd,
+                tpm: f.tpm,
+                daily_tokens: f.daily_tokens,
+                quota_tokens: f.quota_tokens,
+            },
+        );
+    }
+    Ok(Routing {
+        virtual_models,
+        currency,
+        default_max_tokens: raw.default_max_tokens.unwrap_or(1024).max(1),
+        explore_per_mille: raw.explore_per_mille.unwrap_or(50).min(1000),
+        breaker,
+        free_tiers,
+        clock_override: testing.clock_override,
+    })
 }
 
 #[cfg(test)]
@@ -469,5 +802,63 @@ mod tests {
         )
         .unwrap_err();
         assert!(e.contains("must list its models"), "{e}");
+    }
+
+    #[test]
+    fn virtual_models_parse_and_validate() {
+        let c = Config::from_toml(
+            r#"
+            [virtual_models.cheap]
+            candidates = ["deepseek/deepseek-chat", "openai/gpt-4o-mini"]
+            strategy = "free_first"
+            quality_floor = 1200
+            max_attempts = 2
+            [virtual_models.tools]
+            filter = { capability = ["tools", "json"], min_quality = "1250.5", providers = ["openai"] }
+            [routing]
+            currency = "USD"
+            [routing.breaker]
+            failures = 2
+            cool_down_secs = 5
+            [free_tiers."zhipu/glm-4-flash"]
+            rpd = 100
+            [testing]
+            clock_override = true
+            "#,
+            env,
+            Path::new("."),
+        )
+        .unwrap();
+        let r = &c.routing;
+        let cheap = &r.virtual_models["cheap"];
+        assert_eq!(cheap.strategy, tollgate_core::routing::Strategy::FreeFirst);
+        assert_eq!(cheap.quality_floor.unwrap().to_string(), "1200");
+        assert_eq!(cheap.retry.max_attempts, 2);
+        let f = r.virtual_models["tools"].filter.as_ref().unwrap();
+        assert_eq!(f.capabilities, vec!["tools", "json"]);
+        assert_eq!(r.currency, Some(tollgate_core::Currency::Usd));
+        assert_eq!(r.breaker.failure_threshold, 2);
+        assert_eq!(r.free_tiers["zhipu/glm-4-flash"].rpd, Some(100));
+        assert!(r.clock_override);
+        for (bad, want) in [
+            ("[virtual_models.x]\n", "give candidates"),
+            (
+                "[virtual_models.x]\ncandidates=[\"a\"]\n",
+                "must be provider/model",
+            ),
+            (
+                "[virtual_models.x]\ncandidates=[\"a/b\"]\nstrategy=\"fast\"\n",
+                "unknown strategy",
+            ),
+            (
+                "[virtual_models.x]\nfilter={capability=\"fly\"}\n",
+                "unknown capability",
+            ),
+            ("[virtual_models.x]\ncandidates=[\"a/b\"]\nnope=1\n", "nope"),
+        ] {
+            let e = Config::from_toml(bad, env, Path::new(".")).unwrap_err();
+            assert!(e.contains(want), "{bad}: {e}");
+            assert!(e.starts_with("virtual_models.x"), "{e}");
+        }
     }
 }

@@ -5,10 +5,15 @@
 //! - [`config`]: the TOML config, parsed ([`config::RawConfig`]) then validated ([`Config`]).
 //! - [`state`]: [`AppState`]: providers, the model index, the key cache.
 //! - [`chat`]: `POST /v1/chat/completions`, the request lifecycle from accept to relay.
+//! - [`messages`]: `POST /v1/messages`, Anthropic's API inbound, on the same lifecycle;
+//!   [`wire`] writes answers and streams in either API's shape.
 //! - [`metering`]: admission (rate limits, budget reservation) and settlement (cost,
 //!   ledger row) of one request; [`budget`], [`limits`] and [`tokens`] do the parts.
+//! - [`route`]: virtual models: candidates, per-request controls, the plan with health
+//!   signals (the decision itself is `tollgate_core::routing`).
+//! - [`health`]: circuit breakers, TTFT EWMAs and free-tier usage per upstream model.
 //! - [`ledger`]: the group-commit ledger writer thread.
-//! - [`admin`]: `/admin/keys` (admin key required).
+//! - [`admin`]: `/admin/keys` and `/admin/health` (admin key required).
 //! - [`api`]: `GET /v1/prices` and `GET /admin/usage`; [`reports`] builds the usage tables.
 //! - [`upstream`]: the one pooled upstream client with its timeouts.
 //! - [`error`]: the one mapping from errors to HTTP responses.
@@ -22,13 +27,18 @@ pub mod budget;
 pub mod chat;
 pub mod config;
 pub mod error;
+pub mod health;
 pub mod ledger;
 pub mod limits;
+pub mod messages;
 pub mod metering;
+pub mod metrics;
 pub mod reports;
+pub mod route;
 pub mod state;
 pub mod tokens;
 pub mod upstream;
+pub mod wire;
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -75,16 +85,31 @@ pub fn app(state: Arc<AppState>) -> Router {
     Router::new()
         .route("/v1/chat/completions", post(chat::chat_completions))
         .route("/chat/completions", post(chat::chat_completions))
+        .route("/v1/messages", post(messages::messages))
         .route("/v1/models", get(models))
         .route("/v1/prices", get(api::prices))
         .route("/admin/usage", get(api::usage))
         .route("/healthz", get(healthz))
+        .route("/metrics", get(metrics_text))
         .route("/admin/keys", get(admin::list_keys).post(admin::create_key))
         .route("/admin/keys/{id}", axum::routing::delete(admin::revoke_key))
+        .route("/admin/health", get(admin::health))
         .fallback(error::not_found)
         .method_not_allowed_fallback(error::method_not_allowed)
         .layer(axum::middleware::from_fn(request_id))
         .with_state(state)
+}
+
+/// `GET /metrics`: Prometheus text format (no key: scrape it from inside your network).
+async fn metrics_text(State(state): State<Arc<AppState>>) -> Response {
+    let body = state
+        .metrics
+        .render(&state.health.snapshot(chrono::Utc::now()));
+    (
+        [("content-type", "text/plain; version=0.0.4; charset=utf-8")],
+        body,
+    )
+        .into_response()
 }
 
 async fn healthz() -> Response {
@@ -114,33 +139,60 @@ async fn models(
 }
 
 /// Serves `app` on `listener` until `shutdown` resolves, then stops accepting and lets
-/// in-flight requests and streams finish for up to `grace`.
+/// in-flight requests and streams finish for up to the configured grace period.
+///
+/// Connections are served by hyper directly (HTTP/1.1, and HTTP/2 with prior knowledge,
+/// h2c) rather than through `axum::serve`, to bound what each connection may hold: a
+/// 64 KiB read buffer, 30 s to send the request head (a slow-loris client cannot hold a
+/// connection open), TCP_NODELAY so small answers and stream events leave at once.
 pub async fn run(
     listener: tokio::net::TcpListener,
     state: Arc<AppState>,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
+    use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
     let grace = state.config.shutdown_grace;
-    let (stop_tx, mut stop_rx) = tokio::sync::watch::channel(false);
-    let server = axum::serve(listener, app(state)).with_graceful_shutdown(async move {
-        let _ = stop_rx.wait_for(|s| *s).await;
-    });
-    let mut serving = tokio::spawn(async move { server.await });
-    tokio::select! {
-        r = &mut serving => return r.unwrap_or(Ok(())),
-        _ = shutdown => {}
+    let router = app(state);
+    let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(std::time::Duration::from_secs(30))
+        .max_buf_size(64 * 1024);
+    builder.http2().timer(TokioTimer::new());
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    tokio::pin!(shutdown);
+    loop {
+        let stream = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => stream,
+                Err(e) => {
+                    // Out of file descriptors and the like: back off, keep serving.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+                    continue;
+                }
+            },
+            _ = &mut shutdown => break,
+        };
+        let _ = stream.set_nodelay(true);
+        let service = hyper_util::service::TowerToHyperService::new(router.clone());
+        let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
+        let conn = graceful.watch(conn.into_owned());
+        tokio::spawn(async move {
+            let _ = conn.await;
+        });
     }
-    let _ = stop_tx.send(true);
+    drop(listener);
     tracing::info!(
         grace_secs = grace.as_secs(),
         "shutting down: draining in-flight requests"
     );
-    match tokio::time::timeout(grace, serving).await {
-        Ok(Ok(r)) => r,
-        Ok(Err(_)) => Ok(()),
-        Err(_) => {
+    tokio::select! {
+        _ = graceful.shutdown() => {}
+        _ = tokio::time::sleep(grace) => {
             tracing::warn!("grace period over; closing remaining connections");
-            Ok(())
         }
     }
+    Ok(())
 }

@@ -62,6 +62,8 @@ pub struct Refusal {
     pub message: String,
     pub retry_after_secs: u64,
     pub remaining: Remaining,
+    /// Refused for tokens (TPM), not for the request count.
+    pub tokens: bool,
 }
 
 /// Every scope's window.
@@ -95,6 +97,7 @@ impl Limits {
                     let oldest = w.requests.front().copied().unwrap_or(now_ms);
                     let wait = (oldest + WINDOW_MS - now_ms).max(1);
                     return Err(Refusal {
+                        tokens: false,
                         message: format!("Rate limit reached for {id}: {rpm} requests per minute. Retry after {}s.", ceil_s(wait)),
                         retry_after_secs: ceil_s(wait),
                         remaining: remaining(w, *spec, now_ms),
@@ -105,6 +108,7 @@ impl Limits {
                 let used = w.tokens_used();
                 if tokens > u64::from(tpm) {
                     return Err(Refusal {
+                        tokens: true,
                         message: format!(
                             "Request too large for {id}: it may use up to {tokens} tokens, the limit is {tpm} tokens per minute. Lower max_tokens or shorten the prompt."
                         ),
@@ -124,6 +128,7 @@ impl Limits {
                         }
                     }
                     return Err(Refusal {
+                        tokens: true,
                         message: format!("Rate limit reached for {id}: {tpm} tokens per minute ({used} used). Retry after {wait_s}s."),
                         retry_after_secs: wait_s,
                         remaining: remaining(w, *spec, now_ms),

@@ -25,6 +25,9 @@ use crate::state::{AppState, Resolved};
 use crate::tokens;
 use crate::RequestId;
 
+/// Reservations per budget: (budget id, amount in its currency, currency).
+type Reservations = Vec<(String, i128, Currency)>;
+
 /// How a request ended, as the ledger records it.
 #[derive(Debug, Clone)]
 pub struct Outcome {
@@ -85,6 +88,8 @@ pub struct Ticket {
     pub max_cost: Option<Money>,
     /// `x-ratelimit-*` headers for the key.
     pub rate_headers: Vec<(&'static str, String)>,
+    /// Earlier attempts of a routed request (failed candidates), for the ledger row.
+    attempts: Vec<serde_json::Value>,
     settled: bool,
 }
 
@@ -246,13 +251,32 @@ pub async fn admit(
     let now = Utc::now();
     let now_ms = now.timestamp_millis();
     let entry = r.entry.clone();
-    let prompt_estimate = tokens::prompt_tokens(req, r.provider.cfg.kind, &r.model);
+    let kind = r.provider.cfg.kind;
+    let count = tokens::count(req, kind, &r.model);
+    let mut prompt_estimate = count.estimate;
+    // Prompt tokens to reserve: first the cheap bound; tiktoken's exact count only when
+    // that does not fit (see `tokens`).
+    let mut prompt_reserve = count.reserve;
+    let mut exact_done = !count.exact_possible;
+    let mut go_exact = |prompt_reserve: &mut u64, prompt_estimate: &mut u64| -> bool {
+        if exact_done {
+            return false;
+        }
+        exact_done = true;
+        match tokens::exact_reservation(req, kind, &r.model) {
+            Some(e) if e < *prompt_reserve => {
+                *prompt_reserve = e;
+                *prompt_estimate = tokens::prompt_tokens_exact(req, kind, &r.model);
+                true
+            }
+            _ => false,
+        }
+    };
     let max_out = req
         .max_output_tokens()
         .map(u64::from)
         .or(entry.as_ref().map(|e| e.max_output).filter(|m| *m > 0))
         .unwrap_or(4_096);
-    let reserve_tokens = tokens::reservation_tokens(prompt_estimate) + max_out;
 
     let mut scopes = Vec::new();
     if key.rpm.is_some() || key.tpm.is_some() {
@@ -270,7 +294,17 @@ pub async fn admit(
     }
     let mut rate_headers = Vec::new();
     if !scopes.is_empty() {
-        match state.limits.admit(&scopes, reserve_tokens, now_ms) {
+        let mut admitted = state
+            .limits
+            .admit(&scopes, prompt_reserve + max_out, now_ms);
+        if matches!(&admitted, Err(refusal) if refusal.tokens)
+            && go_exact(&mut prompt_reserve, &mut prompt_estimate)
+        {
+            admitted = state
+                .limits
+                .admit(&scopes, prompt_reserve + max_out, now_ms);
+        }
+        match admitted {
             Ok(Some(rem)) if scopes[0].0.starts_with("key ") => {
                 rate_headers = limits::headers(&rem)
             }
@@ -282,45 +316,90 @@ pub async fn admit(
             }
         }
     }
+    let release_tokens = |held: u64| state.limits.settle_tokens(&scopes, held, 0, now_ms);
 
     // Reserve before the ticket exists: a refused request leaves no ledger row.
     let mut max_cost = None;
     let mut reserved = Vec::new();
-    let budgets = budgets_for(state, key)?;
+    let budgets = match budgets_for(state, key) {
+        Ok(b) => b,
+        Err(e) => {
+            release_tokens(prompt_reserve + max_out);
+            return Err(e);
+        }
+    };
     if let Some(e) = &entry {
-        let max = estimate_max_cost(e, tokens::reservation_tokens(prompt_estimate), max_out, now)
-            .map_err(|err| {
-            tracing::error!(error = %err, model = %model_id, "cannot estimate cost");
-            GatewayError::internal()
-        })?;
-        max_cost = Some(max.amount);
-        if !budgets.is_empty() {
+        for b in &budgets {
+            if let Err(err) = ensure_loaded(state, b, key, now).await {
+                release_tokens(prompt_reserve + max_out);
+                return Err(err);
+            }
+        }
+        let amounts = |prompt: u64| -> Result<(Money, Reservations), GatewayError> {
+            let max = estimate_max_cost(e, prompt, max_out, now).map_err(|err| {
+                tracing::error!(error = %err, model = %model_id, "cannot estimate cost");
+                GatewayError::internal()
+            })?;
             let mut items = Vec::new();
             for b in &budgets {
-                ensure_loaded(state, b, key, now).await?;
                 items.push((
                     b.id.clone(),
                     amount_in(state, &max.amount, b.limit.currency, now)?,
                     b.limit.currency,
                 ));
             }
+            Ok((max.amount, items))
+        };
+        let try_reserve = |items: &[(String, i128, Currency)]| {
             let reserve: Vec<(String, i128)> =
                 items.iter().map(|(i, a, _)| (i.clone(), *a)).collect();
-            if let Err(refusal) = state.budgets.reserve(&reserve, now) {
+            state.budgets.reserve(&reserve, now)
+        };
+        let (mut max, mut items) = match amounts(prompt_reserve) {
+            Ok(x) => x,
+            Err(err) => {
+                release_tokens(prompt_reserve + max_out);
+                return Err(err);
+            }
+        };
+        let mut outcome = if budgets.is_empty() {
+            Ok(())
+        } else {
+            try_reserve(&items)
+        };
+        if outcome.is_err() {
+            let before = prompt_reserve + max_out;
+            if go_exact(&mut prompt_reserve, &mut prompt_estimate) {
+                // Keep the request's RPM slot; shrink what TPM holds to the exact count.
                 state
                     .limits
-                    .settle_tokens(&scopes, reserve_tokens, 0, now_ms);
-                return Err(
-                    GatewayError::new(ErrorKind::InsufficientQuota, refusal.message)
-                        .with_code("insufficient_quota"),
-                );
+                    .settle_tokens(&scopes, before, prompt_reserve + max_out, now_ms);
+                match amounts(prompt_reserve) {
+                    Ok((m, i)) => {
+                        max = m;
+                        items = i;
+                        outcome = try_reserve(&items);
+                    }
+                    Err(err) => {
+                        release_tokens(prompt_reserve + max_out);
+                        return Err(err);
+                    }
+                }
             }
+        }
+        if let Err(refusal) = outcome {
+            release_tokens(prompt_reserve + max_out);
+            return Err(
+                GatewayError::new(ErrorKind::InsufficientQuota, refusal.message)
+                    .with_code("insufficient_quota"),
+            );
+        }
+        max_cost = Some(max);
+        if !budgets.is_empty() {
             reserved = items;
         }
     } else if !budgets.is_empty() {
-        state
-            .limits
-            .settle_tokens(&scopes, reserve_tokens, 0, now_ms);
+        release_tokens(prompt_reserve + max_out);
         // A budget cannot be enforced on a model without a price: refuse rather than
         // spend blindly.
         return Err(GatewayError::new(
@@ -332,6 +411,7 @@ pub async fn admit(
         )
         .with_code("insufficient_quota"));
     }
+    let reserve_tokens = prompt_reserve + max_out;
     Ok(Ticket {
         state: state.clone(),
         row: LedgerRow {
@@ -356,11 +436,123 @@ pub async fn admit(
         started: Instant::now(),
         max_cost,
         rate_headers,
+        attempts: Vec::new(),
         settled: false,
     })
 }
 
 impl Ticket {
+    /// Records a failed or skipped attempt of a routed request (one ledger row holds
+    /// them all; the row's provider/model is the candidate that served).
+    pub fn record_attempt(&mut self, attempt: serde_json::Value) {
+        self.attempts.push(attempt);
+    }
+
+    /// Moves the request to another candidate before it is tried: the previous
+    /// candidate's budget reservation is released (its attempt failed before the vendor
+    /// accepted the request, so it cost nothing) and the new candidate's worst case is
+    /// reserved. Re-reserving per attempt, rather than the maximum over all candidates
+    /// up front, keeps a cheap request from being refused because an expensive fallback
+    /// exists, and never lets an attempt run unreserved. The key's RPM/TPM were counted
+    /// once at admission: one client request is one request.
+    pub fn retarget(
+        &mut self,
+        req: &ChatRequest,
+        r: &Resolved,
+        now: DateTime<Utc>,
+    ) -> Result<(), GatewayError> {
+        let release: Vec<(String, i128, i128)> = self
+            .budgets
+            .iter()
+            .map(|(id, reserved, _)| (id.clone(), *reserved, 0))
+            .collect();
+        self.state.budgets.settle(&release, now);
+        let currencies: Vec<(String, Currency)> =
+            self.budgets.drain(..).map(|(id, _, c)| (id, c)).collect();
+        match self.reserve_for(req, r, &currencies, now) {
+            Ok(items) => {
+                self.budgets = items;
+                Ok(())
+            }
+            Err(e) => {
+                // Keep the budgets (with nothing reserved) so that the next candidate
+                // is reserved against them too.
+                self.budgets = currencies.into_iter().map(|(id, c)| (id, 0, c)).collect();
+                Err(e)
+            }
+        }
+    }
+
+    /// Points the ticket at `r` and reserves its worst case against `budgets`.
+    fn reserve_for(
+        &mut self,
+        req: &ChatRequest,
+        r: &Resolved,
+        currencies: &[(String, Currency)],
+        now: DateTime<Utc>,
+    ) -> Result<Vec<(String, i128, Currency)>, GatewayError> {
+        let model_id = format!("{}/{}", r.provider.cfg.id, r.model);
+        self.row.provider = r.provider.cfg.id.clone();
+        self.row.model = r.model.clone();
+        self.entry = r.entry.clone();
+        let kind = r.provider.cfg.kind;
+        let count = tokens::count(req, kind, &r.model);
+        self.prompt_estimate = count.estimate;
+        self.max_cost = None;
+        let Some(e) = r.entry.clone() else {
+            if currencies.is_empty() {
+                return Ok(Vec::new());
+            }
+            return Err(GatewayError::new(
+                ErrorKind::InsufficientQuota,
+                format!("The model '{model_id}' has no price in the catalog, so budgets cannot be enforced for it"),
+            )
+            .with_code("insufficient_quota"));
+        };
+        let max_out = req
+            .max_output_tokens()
+            .map(u64::from)
+            .or(Some(e.max_output).filter(|m| *m > 0))
+            .unwrap_or(4_096);
+        let reserve = |prompt: u64| -> Result<(Money, Reservations), GatewayError> {
+            let max = estimate_max_cost(&e, prompt, max_out, now).map_err(|err| {
+                tracing::error!(error = %err, model = %model_id, "cannot estimate cost");
+                GatewayError::internal()
+            })?;
+            let mut items = Vec::new();
+            for (id, cur) in currencies {
+                items.push((
+                    id.clone(),
+                    amount_in(&self.state, &max.amount, *cur, now)?,
+                    *cur,
+                ));
+            }
+            let ids: Vec<(String, i128)> = items.iter().map(|(i, a, _)| (i.clone(), *a)).collect();
+            self.state.budgets.reserve(&ids, now).map_err(|refusal| {
+                GatewayError::new(ErrorKind::InsufficientQuota, refusal.message)
+                    .with_code("insufficient_quota")
+            })?;
+            Ok((max.amount, items))
+        };
+        // The cheap bound first; tiktoken's exact count only if that does not fit.
+        let (max, items) = match reserve(count.reserve) {
+            Err(err) if err.kind == ErrorKind::InsufficientQuota && count.exact_possible => {
+                match tokens::exact_reservation(req, kind, &r.model) {
+                    Some(exact) if exact < count.reserve => reserve(exact)?,
+                    _ => return Err(err),
+                }
+            }
+            other => other?,
+        };
+        self.max_cost = Some(max);
+        Ok(items)
+    }
+
+    /// The prompt tokens tollgate counted before the call.
+    pub fn prompt_estimate(&self) -> u64 {
+        self.prompt_estimate
+    }
+
     /// Milliseconds since admission.
     pub fn elapsed_ms(&self) -> i64 {
         self.started.elapsed().as_millis() as i64
@@ -372,6 +564,7 @@ impl Ticket {
     pub async fn settle(mut self, outcome: Outcome) -> Result<Priced, GatewayError> {
         let (row, priced) = self.price_and_release(&outcome);
         self.settled = true;
+        self.state.metrics.record(&row);
         self.state.ledger.append(row).await.map_err(|e| {
             tracing::error!(error = %e, request_id = %self.row.id, "ledger write failed");
             GatewayError::new(
@@ -462,11 +655,19 @@ impl Ticket {
         row.ttft_ms = outcome.ttft_ms;
         row.status = outcome.status.to_owned();
         row.http_status = i64::from(outcome.http_status);
-        row.attempts = serde_json::json!([{
+        let mut attempts = self.attempts.clone();
+        attempts.push(serde_json::json!({
             "provider": row.provider, "model": row.model, "outcome": outcome.status,
-            "latency_ms": row.latency_ms,
-        }])
-        .to_string();
+            "http_status": outcome.http_status, "latency_ms": row.latency_ms,
+        }));
+        row.attempts = serde_json::Value::Array(attempts).to_string();
+        if outcome.upstream_reached && usage.total_tokens() > 0 {
+            self.state.health.free_tokens(
+                &format!("{}/{}", row.provider, row.model),
+                usage.total_tokens(),
+                now,
+            );
+        }
         (row, priced)
     }
 }
@@ -487,6 +688,7 @@ impl Drop for Ticket {
             ttft_ms: None,
         });
         self.settled = true;
+        self.state.metrics.record(&row);
         self.state.ledger.append_detached(row);
     }
 }

@@ -13,9 +13,11 @@ use tollgate_store::{hash_key, KeyRecord, KeyStore, LedgerStore};
 
 use crate::budget::Budgets;
 use crate::config::{Config, ProviderConfig};
+use crate::health::Health;
 use crate::ledger::LedgerWriter;
 use crate::limits::Limits;
-use crate::upstream::Upstream;
+use crate::route::VirtualRoutes;
+use crate::upstream::{TokenCache, Upstream};
 
 /// A configured provider and its codec.
 pub struct Provider {
@@ -45,6 +47,7 @@ impl Provider {
 }
 
 /// What a client's `model` resolved to.
+#[derive(Clone)]
 pub struct Resolved {
     pub provider: Arc<Provider>,
     /// The served model id (without the provider prefix).
@@ -52,6 +55,13 @@ pub struct Resolved {
     pub upstream_model: String,
     /// The model's catalog entry (prices, limits), if it has one.
     pub entry: Option<Arc<ModelEntry>>,
+}
+
+impl Resolved {
+    /// `provider/model`, the name health and routing know it by.
+    pub fn name(&self) -> String {
+        format!("{}/{}", self.provider.cfg.id, self.model)
+    }
 }
 
 /// The stores the gateway writes to.
@@ -87,9 +97,17 @@ pub struct AppState {
     pub ledger_store: Arc<dyn LedgerStore>,
     pub ledger: LedgerWriter,
     pub upstream: Upstream,
+    /// Access tokens fetched for codecs that need them (ERNIE).
+    pub tokens: TokenCache,
     pub catalog: Arc<Catalog>,
     pub budgets: Budgets,
     pub limits: Limits,
+    /// Circuit breakers, TTFT EWMAs and free-tier usage per `provider/model`.
+    pub health: Health,
+    /// Virtual models by name, with their candidates resolved.
+    pub virtual_models: VirtualRoutes,
+    /// Counters for `GET /metrics`.
+    pub metrics: crate::metrics::Metrics,
 }
 
 /// The catalog: ours, plus the config's extra directories and FX overrides.
@@ -112,8 +130,7 @@ impl AppState {
         let mut providers = BTreeMap::new();
         let mut by_model: HashMap<String, Vec<Arc<Provider>>> = HashMap::new();
         for p in &config.providers {
-            let codec = tollgate_providers::codec_for(p.kind, p.mode)
-                .map_err(|e| format!("providers.{}: {e}", p.id))?;
+            let codec = tollgate_providers::codec_for(p.kind, p.mode);
             let vendor: Vec<&ModelEntry> = if p.kind == ProviderKind::OpenAiCompatible {
                 Vec::new()
             } else {
@@ -170,7 +187,8 @@ impl AppState {
             providers.insert(p.id.clone(), prov);
         }
         let ledger = LedgerWriter::spawn(stores.ledger_writer)?;
-        Ok(Arc::new(AppState {
+        let health = Health::new(config.routing.breaker);
+        let mut state = AppState {
             config,
             providers,
             by_model,
@@ -179,10 +197,23 @@ impl AppState {
             ledger_store: stores.ledger,
             ledger,
             upstream,
+            tokens: TokenCache::default(),
             catalog,
             budgets: Budgets::new(),
             limits: Limits::new(),
-        }))
+            health,
+            virtual_models: VirtualRoutes::new(),
+            metrics: crate::metrics::Metrics::new(),
+        };
+        let mut routes = VirtualRoutes::new();
+        for (name, vm) in &state.config.routing.virtual_models {
+            if state.providers.contains_key(name) || state.by_model.contains_key(name) {
+                tracing::warn!(virtual_model = %name, "a virtual model shadows a served model or provider of the same name");
+            }
+            routes.insert(name.clone(), crate::route::expand(&state, vm)?);
+        }
+        state.virtual_models = routes;
+        Ok(Arc::new(state))
     }
 
     /// Resolves `provider/model` or a bare model id.

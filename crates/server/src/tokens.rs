@@ -10,6 +10,14 @@
 //!   about 4 on English), 4 tokens of framing per message, an image at 1,600 tokens.
 //!
 //! Either way a 10% margin plus 16 tokens is added ([`reservation_tokens`]).
+//!
+//! Tokenizing is not free (tiktoken costs about 260 instructions per character and its
+//! tables take 26 MB), so for OpenAI models a request first reserves a strict upper
+//! bound: one token per byte of text (a BPE token is at least one byte), plus the
+//! framing. Only when that bound does not fit a budget or a TPM window is the prompt
+//! tokenized exactly ([`exact_reservation`]) and the reservation retried. A request far
+//! from its limits never pays for tiktoken; one near them is never refused for want of
+//! an exact count, and neither is ever reserved below its true size.
 
 use std::sync::OnceLock;
 
@@ -32,28 +40,28 @@ fn cl100k() -> Option<&'static CoreBPE> {
         .as_ref()
 }
 
-/// Loads the BPE tables now (about 0.2 s) rather than on the first OpenAI request.
-pub fn warm_up() {
-    let _ = o200k();
-    let _ = cl100k();
-}
-
-/// The tokenizer OpenAI uses for a model, if it is an OpenAI model tollgate knows.
-fn openai_bpe(model: &str) -> Option<&'static CoreBPE> {
+/// Which of OpenAI's encodings a model uses (`true`: o200k, `false`: cl100k), if it is
+/// an OpenAI model tollgate knows.
+fn openai_family(model: &str) -> Option<bool> {
     let m = model.to_ascii_lowercase();
-    if m.starts_with("gpt-4o")
-        || m.starts_with("gpt-4.1")
-        || m.starts_with("gpt-5")
-        || m.starts_with("o1")
-        || m.starts_with("o3")
-        || m.starts_with("o4")
-        || m.starts_with("chatgpt")
+    if ["gpt-4o", "gpt-4.1", "gpt-5", "o1", "o3", "o4", "chatgpt"]
+        .iter()
+        .any(|p| m.starts_with(p))
     {
-        o200k()
+        Some(true)
     } else if m.starts_with("gpt-4") || m.starts_with("gpt-3.5") {
-        cl100k()
+        Some(false)
     } else {
         None
+    }
+}
+
+/// The tokenizer OpenAI uses for a model.
+fn openai_bpe(model: &str) -> Option<&'static CoreBPE> {
+    if openai_family(model)? {
+        o200k()
+    } else {
+        cl100k()
     }
 }
 
@@ -80,23 +88,84 @@ pub fn estimate_text(text: &str) -> u64 {
     cjk + other.div_ceil(3)
 }
 
-/// Prompt tokens of a request (messages, tool definitions, images).
-pub fn prompt_tokens(req: &ChatRequest, kind: ProviderKind, model: &str) -> u64 {
-    let bpe = if matches!(kind, ProviderKind::OpenAi | ProviderKind::OpenAiCompatible) {
-        openai_bpe(model)
+/// Cheap counts of one request's prompt for one model.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PromptCount {
+    /// A conservative estimate, for routing and for usage tollgate must estimate.
+    pub estimate: u64,
+    /// What to reserve first: never below the vendor's count.
+    pub reserve: u64,
+    /// Whether [`exact_reservation`] can do better (an OpenAI tokenizer exists).
+    pub exact_possible: bool,
+}
+
+fn is_openai_tokenized(kind: ProviderKind, model: &str) -> bool {
+    matches!(kind, ProviderKind::OpenAi | ProviderKind::OpenAiCompatible)
+        && openai_family(model).is_some()
+}
+
+/// Counts a prompt without tokenizing it.
+pub fn count(req: &ChatRequest, kind: ProviderKind, model: &str) -> PromptCount {
+    let estimate = count_with(req, Counter::Estimate);
+    if is_openai_tokenized(kind, model) {
+        PromptCount {
+            estimate,
+            reserve: count_with(req, Counter::Bytes),
+            exact_possible: true,
+        }
     } else {
-        None
-    };
-    let per_message = if bpe.is_some() { 3 } else { 4 };
+        PromptCount {
+            estimate,
+            reserve: reservation_tokens(estimate),
+            exact_possible: false,
+        }
+    }
+}
+
+/// The reservation from tiktoken's exact count, for OpenAI models.
+pub fn exact_reservation(req: &ChatRequest, kind: ProviderKind, model: &str) -> Option<u64> {
+    if !is_openai_tokenized(kind, model) {
+        return None;
+    }
+    let bpe = openai_bpe(model)?;
+    Some(reservation_tokens(count_with(req, Counter::Bpe(bpe))))
+}
+
+/// The conservative estimate of a prompt (no tokenizer).
+pub fn prompt_tokens(req: &ChatRequest, _kind: ProviderKind, _model: &str) -> u64 {
+    count_with(req, Counter::Estimate)
+}
+
+#[derive(Clone, Copy)]
+enum Counter<'a> {
+    Estimate,
+    /// One token per byte: a strict upper bound for byte-level BPE.
+    Bytes,
+    Bpe(&'a CoreBPE),
+}
+
+impl Counter<'_> {
+    fn text(&self, t: &str) -> u64 {
+        match self {
+            Counter::Estimate => estimate_text(t),
+            Counter::Bytes => t.len() as u64,
+            Counter::Bpe(b) => b.encode_ordinary(t).len() as u64,
+        }
+    }
+}
+
+fn count_with(req: &ChatRequest, c: Counter<'_>) -> u64 {
+    let bpe_framing = !matches!(c, Counter::Estimate);
+    let per_message = if bpe_framing { 3 } else { 4 };
     let mut n = 3u64;
     for m in &req.messages {
         n += per_message;
         match &m.content {
-            Some(Content::Text(t)) => n += count_text(t, bpe),
+            Some(Content::Text(t)) => n += c.text(t),
             Some(Content::Parts(parts)) => {
                 for p in parts {
                     if let Some(t) = &p.text {
-                        n += count_text(t, bpe);
+                        n += c.text(t);
                     }
                     if p.kind == "image_url" {
                         n += 1_600;
@@ -106,10 +175,10 @@ pub fn prompt_tokens(req: &ChatRequest, kind: ProviderKind, model: &str) -> u64 
             None => {}
         }
         for tc in m.tool_calls.iter().flatten() {
-            n += 3 + count_text(&tc.function.name, bpe) + count_text(&tc.function.arguments, bpe);
+            n += 3 + c.text(&tc.function.name) + c.text(&tc.function.arguments);
         }
         if let Some(name) = &m.name {
-            n += 1 + count_text(name, bpe);
+            n += 1 + c.text(name);
         }
     }
     for t in req.tools.iter().flatten() {
@@ -120,11 +189,22 @@ pub fn prompt_tokens(req: &ChatRequest, kind: ProviderKind, model: &str) -> u64 
             .map(|p| p.to_string())
             .unwrap_or_default();
         n += 8
-            + count_text(&t.function.name, bpe)
-            + count_text(t.function.description.as_deref().unwrap_or(""), bpe)
-            + count_text(&schema, bpe);
+            + c.text(&t.function.name)
+            + c.text(t.function.description.as_deref().unwrap_or(""))
+            + c.text(&schema);
     }
     n
+}
+
+/// Prompt tokens with tiktoken where it applies, else the estimate.
+pub fn prompt_tokens_exact(req: &ChatRequest, kind: ProviderKind, model: &str) -> u64 {
+    match is_openai_tokenized(kind, model)
+        .then(|| openai_bpe(model))
+        .flatten()
+    {
+        Some(bpe) => count_with(req, Counter::Bpe(bpe)),
+        None => count_with(req, Counter::Estimate),
+    }
 }
 
 /// The count to reserve: the estimate plus a 10% margin and 16 tokens.
@@ -156,10 +236,22 @@ mod tests {
             ..Default::default()
         };
         assert_eq!(
-            prompt_tokens(&req, ProviderKind::OpenAi, "gpt-4o"),
+            prompt_tokens_exact(&req, ProviderKind::OpenAi, "gpt-4o"),
             3 + 3 + 4
         );
         assert!(prompt_tokens(&req, ProviderKind::DeepSeek, "deepseek-chat") >= 10);
         assert_eq!(reservation_tokens(100), 126);
+        // For an OpenAI model the first reservation is the byte bound (never below the
+        // exact count); the exact reservation is tighter.
+        let c = count(&req, ProviderKind::OpenAi, "gpt-4o");
+        assert!(c.exact_possible);
+        assert_eq!(c.reserve, 3 + 3 + "Hello, world!".len() as u64);
+        assert_eq!(
+            exact_reservation(&req, ProviderKind::OpenAi, "gpt-4o"),
+            Some(reservation_tokens(10))
+        );
+        let c = count(&req, ProviderKind::DeepSeek, "deepseek-chat");
+        assert!(!c.exact_possible);
+        assert_eq!(c.reserve, reservation_tokens(c.estimate));
     }
 }

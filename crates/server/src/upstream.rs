@@ -1,15 +1,19 @@
-//! The one upstream HTTP client: pooled connections (HTTP/1.1 and HTTP/2 over TLS or
-//! plain TCP), with connect, first-byte and idle-between-chunks timeouts. Codecs build
-//! the requests; this module only sends them and reads bytes.
+//! The one upstream client: pooled HTTP connections (HTTP/1.1 and HTTP/2 over TLS or
+//! plain TCP) and WebSocket exchanges (iFlytek Spark), with connect, first-byte and
+//! idle-between-chunks timeouts, plus the cache of fetched access tokens (ERNIE's OAuth).
+//! Codecs build the requests; this module only sends them and reads bytes.
 
 use bytes::Bytes;
+use futures_util::{SinkExt, StreamExt};
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::Message;
 use tollgate_core::{UpstreamError, UpstreamErrorKind};
-use tollgate_providers::HttpRequest;
+use tollgate_providers::{Codec, Credentials, HttpRequest, WsRequest};
 
 use crate::config::Timeouts;
 
@@ -19,7 +23,17 @@ type Connector = hyper_rustls::HttpsConnector<HttpConnector>;
 #[derive(Clone)]
 pub struct Upstream {
     client: Client<Connector, Full<Bytes>>,
+    tls: std::sync::Arc<rustls::ClientConfig>,
     pub timeouts: Timeouts,
+}
+
+type WsStream =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+/// An upstream body being read: an HTTP body, or the messages of a WebSocket.
+pub enum UpstreamBody {
+    Http(Incoming),
+    Ws(Box<WsStream>),
 }
 
 /// A response whose head has arrived.
@@ -43,11 +57,124 @@ impl Upstream {
             .enable_http1()
             .enable_http2()
             .wrap_connector(http);
+        // A fixed 8 KiB read buffer per upstream connection: stream events are small, and
+        // hyper's adaptive buffer otherwise grows to ~25 KiB per open stream.
         let client = Client::builder(TokioExecutor::new())
             .pool_idle_timeout(std::time::Duration::from_secs(90))
             .pool_max_idle_per_host(256)
+            .http1_read_buf_exact_size(8 * 1024)
             .build(tls);
-        Ok(Upstream { client, timeouts })
+        let roots =
+            rustls::RootCertStore::from_iter(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+        let ws_tls = rustls::ClientConfig::builder_with_provider(rustls_ring_provider())
+            .with_safe_default_protocol_versions()
+            .map_err(|e| format!("TLS setup failed: {e}"))?
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        Ok(Upstream {
+            client,
+            tls: std::sync::Arc::new(ws_tls),
+            timeouts,
+        })
+    }
+
+    /// Opens a WebSocket and sends the request frame. A refused handshake (the vendor's
+    /// 401/403) is decoded by the codec.
+    pub async fn websocket(
+        &self,
+        req: &WsRequest,
+        codec: &dyn Codec,
+    ) -> Result<UpstreamBody, UpstreamError> {
+        let mut request = req.url.as_str().into_client_request().map_err(|e| {
+            UpstreamError::new(
+                UpstreamErrorKind::Connect,
+                format!("invalid WebSocket URL: {e}"),
+            )
+        })?;
+        for (k, v) in &req.headers {
+            if let (Ok(name), Ok(value)) = (
+                http::HeaderName::from_bytes(k.as_bytes()),
+                http::HeaderValue::from_str(v),
+            ) {
+                request.headers_mut().insert(name, value);
+            }
+        }
+        let connector = tokio_tungstenite::Connector::Rustls(self.tls.clone());
+        let connect =
+            tokio_tungstenite::connect_async_tls_with_config(request, None, true, Some(connector));
+        let limit = self.timeouts.connect + self.timeouts.first_byte;
+        let (mut ws, _) = match tokio::time::timeout(limit, connect).await {
+            Err(_) => {
+                return Err(UpstreamError::new(
+                    UpstreamErrorKind::Timeout,
+                    "WebSocket handshake timed out",
+                ))
+            }
+            Ok(Err(tokio_tungstenite::tungstenite::Error::Http(resp))) => {
+                let status = resp.status().as_u16();
+                let body = resp.body().clone().unwrap_or_default();
+                return Err(codec.decode_error(status, &body, None));
+            }
+            Ok(Err(tokio_tungstenite::tungstenite::Error::Io(_))) => {
+                return Err(UpstreamError::new(
+                    UpstreamErrorKind::Connect,
+                    "could not connect to the upstream",
+                ))
+            }
+            Ok(Err(e)) => {
+                return Err(UpstreamError::new(
+                    UpstreamErrorKind::Protocol,
+                    format!("WebSocket handshake failed: {e}"),
+                ))
+            }
+            Ok(Ok(x)) => x,
+        };
+        ws.send(Message::text(req.frame.clone()))
+            .await
+            .map_err(|e| {
+                UpstreamError::new(
+                    UpstreamErrorKind::Connect,
+                    format!("WebSocket send failed: {e}"),
+                )
+            })?;
+        Ok(UpstreamBody::Ws(Box::new(ws)))
+    }
+
+    /// The next piece of an upstream body: HTTP bytes, or one WebSocket message.
+    pub async fn next(&self, body: &mut UpstreamBody) -> Result<Option<Bytes>, UpstreamError> {
+        match body {
+            UpstreamBody::Http(b) => self.next_chunk(b).await,
+            UpstreamBody::Ws(ws) => loop {
+                let msg = match tokio::time::timeout(self.timeouts.idle, ws.next()).await {
+                    Err(_) => {
+                        return Err(UpstreamError::new(
+                            UpstreamErrorKind::Timeout,
+                            format!(
+                                "upstream went silent for {} ms",
+                                self.timeouts.idle.as_millis()
+                            ),
+                        ))
+                    }
+                    Ok(None) => return Ok(None),
+                    Ok(Some(Err(tokio_tungstenite::tungstenite::Error::ConnectionClosed))) => {
+                        return Ok(None)
+                    }
+                    Ok(Some(Err(e))) => {
+                        return Err(UpstreamError::new(
+                            UpstreamErrorKind::Protocol,
+                            format!("upstream WebSocket failed: {e}"),
+                        ))
+                    }
+                    Ok(Some(Ok(m))) => m,
+                };
+                match msg {
+                    Message::Text(t) => return Ok(Some(Bytes::copy_from_slice(t.as_bytes()))),
+                    Message::Binary(b) => return Ok(Some(b)),
+                    Message::Close(_) => return Ok(None),
+                    _ => continue,
+                }
+            },
+        }
     }
 
     /// Sends `req` and waits for the response head, within the first-byte timeout.
@@ -172,5 +299,66 @@ fn classify_client_error(e: &hyper_util::client::legacy::Error) -> UpstreamError
             UpstreamErrorKind::Server,
             "the upstream connection failed before a response",
         )
+    }
+}
+
+/// Access tokens fetched with a codec's `token_request` (ERNIE's OAuth), per provider,
+/// reused until 90% of their announced lifetime has passed.
+#[derive(Default)]
+pub struct TokenCache {
+    tokens: std::sync::Mutex<
+        std::collections::HashMap<String, (tollgate_core::Secret, tokio::time::Instant)>,
+    >,
+    /// One fetch at a time per cache, so a burst does not fetch N tokens.
+    fetching: tokio::sync::Mutex<()>,
+}
+
+impl TokenCache {
+    /// `credentials` with a valid access token when the codec needs one.
+    pub async fn credentials(
+        &self,
+        upstream: &Upstream,
+        provider: &str,
+        base_url: &str,
+        codec: &dyn Codec,
+        credentials: &Credentials,
+        force_refresh: bool,
+    ) -> Result<Credentials, UpstreamError> {
+        let Some(req) = codec.token_request(base_url, credentials) else {
+            return Ok(credentials.clone());
+        };
+        let _guard = self.fetching.lock().await;
+        if !force_refresh {
+            if let Some(tok) = self.valid(provider) {
+                return Ok(Credentials {
+                    access_token: Some(tok),
+                    ..credentials.clone()
+                });
+            }
+        }
+        let resp = upstream.send(&req).await?;
+        let status = resp.status;
+        let body = upstream.read_all(resp.body, 1024 * 1024).await?;
+        let fetched = codec.decode_token(status, &body)?;
+        let lifetime = std::time::Duration::from_secs(fetched.expires_in_secs.max(1) * 9 / 10);
+        if let Ok(mut m) = self.tokens.lock() {
+            m.insert(
+                provider.to_owned(),
+                (
+                    fetched.token.clone(),
+                    tokio::time::Instant::now() + lifetime,
+                ),
+            );
+        }
+        Ok(Credentials {
+            access_token: Some(fetched.token),
+            ..credentials.clone()
+        })
+    }
+
+    fn valid(&self, provider: &str) -> Option<tollgate_core::Secret> {
+        let m = self.tokens.lock().ok()?;
+        let (tok, until) = m.get(provider)?;
+        (tokio::time::Instant::now() < *until).then(|| tok.clone())
     }
 }

@@ -38,6 +38,7 @@ pub struct KeyRecord {
 /// A spending cap: `amount` (decimal text, e.g. `"500"`) in `currency` per `period`
 /// (`day`, `month` or `total`), with day and month boundaries in `time_zone`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct BudgetSpec {
     pub amount: String,
     pub currency: String,
