@@ -29,13 +29,27 @@ pub struct LedgerWriter {
 }
 
 impl LedgerWriter {
-    /// Starts the writer thread over `store` (give it its own connection).
-    pub fn spawn(store: Arc<dyn LedgerStore>) -> Result<Self, String> {
+    /// Starts the writer thread over `store` (give it its own connection), and a
+    /// maintenance thread calling `maintenance.maintain()` every second (the WAL
+    /// checkpoint, kept off the writer so no request waits for a file sync).
+    pub fn spawn(
+        store: Arc<dyn LedgerStore>,
+        maintenance: Arc<dyn LedgerStore>,
+    ) -> Result<Self, String> {
         let (tx, rx) = mpsc::channel::<Job>();
         std::thread::Builder::new()
             .name("tollgate-ledger".into())
             .spawn(move || run(store, rx))
             .map_err(|e| format!("cannot start the ledger writer: {e}"))?;
+        std::thread::Builder::new()
+            .name("tollgate-ledger-maint".into())
+            .spawn(move || loop {
+                std::thread::sleep(std::time::Duration::from_secs(1));
+                if let Err(e) = maintenance.maintain() {
+                    tracing::warn!(error = %e, "ledger maintenance failed");
+                }
+            })
+            .map_err(|e| format!("cannot start the ledger maintenance: {e}"))?;
         Ok(LedgerWriter { tx })
     }
 

@@ -71,17 +71,21 @@ pub struct Stores {
     pub ledger: Arc<dyn LedgerStore>,
     /// Given to the ledger writer thread; its own connection where the backend has them.
     pub ledger_writer: Arc<dyn LedgerStore>,
+    /// For [`LedgerStore::maintain`], on a background thread.
+    pub maintenance: Arc<dyn LedgerStore>,
 }
 
 impl Stores {
     /// SQLite in `data_dir`.
     pub fn sqlite(data_dir: &std::path::Path) -> Result<Self, tollgate_store::StoreError> {
         let main = Arc::new(tollgate_store::SqliteStore::open(data_dir)?);
-        let writer = Arc::new(tollgate_store::SqliteStore::open(data_dir)?);
+        let writer = Arc::new(tollgate_store::SqliteStore::open_for_writes(data_dir)?);
+        let maintenance = Arc::new(tollgate_store::SqliteStore::open(data_dir)?);
         Ok(Stores {
             keys: main.clone(),
             ledger: main,
             ledger_writer: writer,
+            maintenance,
         })
     }
 }
@@ -186,7 +190,7 @@ impl AppState {
             }
             providers.insert(p.id.clone(), prov);
         }
-        let ledger = LedgerWriter::spawn(stores.ledger_writer)?;
+        let ledger = LedgerWriter::spawn(stores.ledger_writer, stores.maintenance)?;
         let health = Health::new(config.routing.breaker);
         let mut state = AppState {
             config,

@@ -104,4 +104,10 @@ pub trait LedgerStore: Send + Sync {
         group: Option<&str>,
         since_ms: i64,
     ) -> Result<Vec<(i64, i64, String)>, StoreError>;
+
+    /// Housekeeping the backend wants done off the request path, called about once a
+    /// second from a background thread (SQLite: a passive WAL checkpoint).
+    fn maintain(&self) -> Result<(), StoreError> {
+        Ok(())
+    }
 }
