@@ -153,6 +153,9 @@ pub struct Standing {
 #[derive(Default)]
 pub struct Budgets {
     states: Mutex<HashMap<String, State>>,
+    /// Held while a budget's spend is read from the ledger, so a burst of first
+    /// requests reads it once rather than once each.
+    pub loading: tokio::sync::Mutex<()>,
 }
 
 impl Budgets {

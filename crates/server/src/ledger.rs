@@ -30,8 +30,9 @@ pub struct LedgerWriter {
 
 impl LedgerWriter {
     /// Starts the writer thread over `store` (give it its own connection), and a
-    /// maintenance thread calling `maintenance.maintain()` every second (the WAL
-    /// checkpoint, kept off the writer so no request waits for a file sync).
+    /// maintenance thread calling `maintenance.maintain()` every second (SQLite: a
+    /// passive checkpoint that backfills the WAL without blocking the writer, so the
+    /// writer's own, bounded checkpoints have little left to do).
     pub fn spawn(
         store: Arc<dyn LedgerStore>,
         maintenance: Arc<dyn LedgerStore>,

@@ -225,6 +225,10 @@ async fn ensure_loaded(
     if state.budgets.is_loaded(b) {
         return Ok(());
     }
+    let _one_at_a_time = state.budgets.loading.lock().await;
+    if state.budgets.is_loaded(b) {
+        return Ok(());
+    }
     let st = state.clone();
     let (b2, key2) = (b.clone(), key.clone());
     let spent = tokio::task::spawn_blocking(move || {

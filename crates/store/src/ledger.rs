@@ -96,8 +96,9 @@ pub trait LedgerStore: Send + Sync {
     fn append(&self, rows: &[LedgerRow]) -> Result<(), StoreError>;
     /// Rows matching the filter, oldest first.
     fn rows(&self, filter: &LedgerFilter) -> Result<Vec<LedgerRow>, StoreError>;
-    /// Cost rows `(ts_ms, cost_nanos, currency)` of a key (or a group) since a time,
-    /// to rebuild budget spend at start-up.
+    /// Spend of a key (or a group) since a time, to rebuild a budget's state:
+    /// `(first ts_ms, summed cost_nanos, currency)` per currency and UTC month (the FX
+    /// table is monthly, so each sum converts at one rate).
     fn spend_since(
         &self,
         key_id: Option<&str>,

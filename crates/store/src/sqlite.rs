@@ -105,13 +105,16 @@ impl SqliteStore {
         Ok(store)
     }
 
-    /// Opens a connection for the ledger writer: it never checkpoints the WAL itself
-    /// (a checkpoint syncs the database file, and the requests queued behind the writer
-    /// would wait for it); [`LedgerStore::maintain`] on another connection does.
+    /// Opens a connection for the ledger writer. It keeps SQLite's automatic checkpoint
+    /// (the only way the WAL stays bounded under continuous writes: a checkpoint from
+    /// another connection never catches up with a writer that never pauses), while
+    /// [`LedgerStore::maintain`] on another connection backfills the WAL in the
+    /// background, so the writer's own checkpoints find little left to copy.
     pub fn open_for_writes(data_dir: &Path) -> Result<Self, StoreError> {
         let store = Self::open(data_dir)?;
         store.with(|c| {
-            c.pragma_update(None, "wal_autocheckpoint", 0)?;
+            // Truncate the WAL file back to 64 MiB after a checkpoint resets it.
+            c.pragma_update(None, "journal_size_limit", 64 * 1024 * 1024)?;
             Ok(())
         })?;
         Ok(store)
@@ -370,11 +373,17 @@ impl LedgerStore for SqliteStore {
         since_ms: i64,
     ) -> Result<Vec<(i64, i64, String)>, StoreError> {
         self.with(|c| {
-            let mut st = c.prepare(
-                "SELECT ts_ms, cost_nanos, cost_currency FROM ledger WHERE ts_ms >= ?1 AND cost_nanos > 0 \
-                 AND (?2 IS NULL OR key_id = ?2) AND (?3 IS NULL OR group_name = ?3)",
+            // Summed in SQLite per currency and UTC month (FX rates are monthly), so a
+            // budget's first use reads a few sums, not every row of the window.
+            let mut st = c.prepare_cached(
+                "SELECT MIN(ts_ms), SUM(cost_nanos), cost_currency FROM ledger \
+                 WHERE ts_ms >= ?1 AND cost_nanos > 0 \
+                 AND (?2 IS NULL OR key_id = ?2) AND (?3 IS NULL OR group_name = ?3) \
+                 GROUP BY cost_currency, strftime('%Y-%m', ts_ms / 1000, 'unixepoch')",
             )?;
-            let rows = st.query_map(params![since_ms, key_id, group], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?;
+            let rows = st.query_map(params![since_ms, key_id, group], |r| {
+                Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+            })?;
             Ok(rows.collect::<Result<Vec<_>, _>>()?)
         })
     }
@@ -459,6 +468,10 @@ mod tests {
         assert_eq!(
             s.spend_since(Some("k1"), None, 15).unwrap(),
             vec![(20, 7, "CNY".to_owned())]
+        );
+        assert_eq!(
+            s.spend_since(Some("k1"), None, 0).unwrap(),
+            vec![(10, 12, "CNY".to_owned())]
         );
         let c = s.conn.lock().unwrap();
         assert!(c.execute("UPDATE ledger SET cost_nanos = 0", []).is_err());
