@@ -16,11 +16,6 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
 
-/// mimalloc: allocation is a quarter of a request's instructions with glibc's malloc
-/// (bench/README.md), and a gateway allocates small, short-lived objects all day.
-#[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 /// tollgate: one OpenAI-compatible endpoint in front of every major Chinese and US model
 /// vendor, that knows what every token costs and meters every request.
 #[derive(Debug, Parser)]

@@ -619,7 +619,7 @@ async fn finish(
             first,
             ended,
         } => {
-            let (tx, rx) = mpsc::channel::<Result<Bytes, Infallible>>(16);
+            let (tx, rx) = mpsc::channel::<Result<Bytes, Infallible>>(4);
             let mut response = Response::new(Body::from_stream(
                 tokio_stream::wrappers::ReceiverStream::new(rx),
             ));

@@ -57,12 +57,13 @@ impl Upstream {
             .enable_http1()
             .enable_http2()
             .wrap_connector(http);
-        // A fixed 8 KiB read buffer per upstream connection: stream events are small, and
-        // hyper's adaptive buffer otherwise grows to ~25 KiB per open stream.
+        // A fixed 4 KiB read buffer per upstream connection: stream events are small, and
+        // hyper's adaptive buffer otherwise grows to ~25 KiB per open stream (memory per
+        // open stream is what bounds how many a small box can relay).
         let client = Client::builder(TokioExecutor::new())
             .pool_idle_timeout(std::time::Duration::from_secs(90))
             .pool_max_idle_per_host(256)
-            .http1_read_buf_exact_size(8 * 1024)
+            .http1_read_buf_exact_size(4 * 1024)
             .build(tls);
         let roots =
             rustls::RootCertStore::from_iter(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
