@@ -20,13 +20,14 @@ use tollgate_core::chat::{
     ChatChunk, ChatRequest, ChatResponse, Choice, ChunkChoice, Delta, FunctionCall, FunctionDelta,
     ResponseMessage, ToolCall, ToolCallDelta, ToolChoice, Usage,
 };
-use tollgate_core::sse::{SseEvent, SseParser};
+use tollgate_core::sse::SseEvent;
 use tollgate_core::{GatewayError, Secret, UpstreamError, UpstreamErrorKind};
 
 use crate::codec::{
     excerpt, join_url, Codec, Credentials, DecodeCtx, EncodeCtx, FetchedToken, HttpRequest,
     Outbound, StreamDecoder, StreamEvent,
 };
+use crate::framing::{Framed, SseOrJson};
 use crate::openai::{decode_openai_error, Flavor, OpenAiCodec};
 use crate::turns::{plain_turns, system_prompt, Side};
 use crate::urlenc;
@@ -395,10 +396,8 @@ struct WireEvent {
 /// Decodes ERNIE's SSE stream, or the JSON error body sent instead of one.
 pub struct ErnieStream {
     ctx: DecodeCtx,
-    sse: SseParser,
-    /// `Some` once the body turned out to be plain JSON (an error answer).
-    json: Option<Vec<u8>>,
-    decided: bool,
+    /// SSE, or the plain JSON error some answers to stream requests are.
+    body: SseOrJson,
     sent_role: bool,
     done: bool,
 }
@@ -408,9 +407,7 @@ impl ErnieStream {
         let is_json = content_type.is_some_and(|c| c.contains("json"));
         ErnieStream {
             ctx,
-            sse: SseParser::new(),
-            json: is_json.then(Vec::new),
-            decided: is_json,
+            body: SseOrJson::new(is_json),
             sent_role: false,
             done: false,
         }
@@ -478,24 +475,10 @@ impl ErnieStream {
 
 impl StreamDecoder for ErnieStream {
     fn feed(&mut self, data: &[u8], out: &mut Vec<StreamEvent>) -> Result<(), UpstreamError> {
-        if !self.decided {
-            match data.iter().find(|b| !b.is_ascii_whitespace()) {
-                None => return Ok(()),
-                Some(b'{') => self.json = Some(Vec::new()),
-                Some(_) => {}
-            }
-            self.decided = true;
-        }
-        if let Some(buf) = self.json.as_mut() {
-            buf.extend_from_slice(data);
-            if serde_json::from_slice::<Value>(buf).is_ok() {
-                let body = std::mem::take(buf);
-                return Err(decode_ernie_error(200, &body, None));
-            }
-            return Ok(());
-        }
         let mut events = Vec::new();
-        self.sse.feed(data, &mut events);
+        if let Framed::Json(body) = self.body.feed(data, &mut events) {
+            return Err(decode_ernie_error(200, &body, None));
+        }
         for ev in &events {
             self.handle(ev, out)?;
         }
@@ -503,14 +486,10 @@ impl StreamDecoder for ErnieStream {
     }
 
     fn finish(&mut self, out: &mut Vec<StreamEvent>) -> Result<(), UpstreamError> {
-        if let Some(buf) = self.json.take() {
-            if buf.iter().any(|b| !b.is_ascii_whitespace()) {
-                return Err(decode_ernie_error(200, &buf, None));
-            }
-            return Ok(());
-        }
         let mut events = Vec::new();
-        self.sse.finish(&mut events);
+        if let Framed::Json(body) = self.body.finish(&mut events) {
+            return Err(decode_ernie_error(200, &body, None));
+        }
         for ev in &events {
             self.handle(ev, out)?;
         }

@@ -19,12 +19,13 @@ use tollgate_core::chat::{
     ChatChunk, ChatRequest, ChatResponse, Choice, ChunkChoice, Content, Delta, FunctionCall,
     FunctionDelta, Message, ResponseMessage, Role, ToolCall, ToolCallDelta, ToolChoice, Usage,
 };
-use tollgate_core::sse::{SseEvent, SseParser};
+use tollgate_core::sse::SseEvent;
 use tollgate_core::{GatewayError, UpstreamError, UpstreamErrorKind};
 
 use crate::codec::{
     excerpt, Codec, DecodeCtx, EncodeCtx, HttpRequest, Outbound, StreamDecoder, StreamEvent,
 };
+use crate::framing::{Framed, SseOrJson};
 use crate::turns::{alternate, system_prompt, Side};
 
 /// The OpenAI-compatible endpoint's base URL.
@@ -629,9 +630,8 @@ struct WireEvent {
 /// Decodes Hunyuan's SSE stream, or the JSON error body sent instead of one.
 pub struct HunyuanStream {
     ctx: DecodeCtx,
-    sse: SseParser,
-    json: Option<Vec<u8>>,
-    decided: bool,
+    /// SSE, or the plain JSON error some answers to stream requests are.
+    body: SseOrJson,
     sent_role: bool,
     finished: bool,
 }
@@ -641,9 +641,7 @@ impl HunyuanStream {
         let is_json = content_type.is_some_and(|c| c.contains("json") || c.contains("text/plain"));
         HunyuanStream {
             ctx,
-            sse: SseParser::new(),
-            json: is_json.then(Vec::new),
-            decided: is_json,
+            body: SseOrJson::new(is_json),
             sent_role: false,
             finished: false,
         }
@@ -741,24 +739,10 @@ impl HunyuanStream {
 
 impl StreamDecoder for HunyuanStream {
     fn feed(&mut self, data: &[u8], out: &mut Vec<StreamEvent>) -> Result<(), UpstreamError> {
-        if !self.decided {
-            match data.iter().find(|b| !b.is_ascii_whitespace()) {
-                None => return Ok(()),
-                Some(b'{') => self.json = Some(Vec::new()),
-                Some(_) => {}
-            }
-            self.decided = true;
-        }
-        if let Some(buf) = self.json.as_mut() {
-            buf.extend_from_slice(data);
-            if serde_json::from_slice::<Value>(buf).is_ok() {
-                let body = std::mem::take(buf);
-                return Err(decode_hunyuan_error(200, &body, None));
-            }
-            return Ok(());
-        }
         let mut events = Vec::new();
-        self.sse.feed(data, &mut events);
+        if let Framed::Json(body) = self.body.feed(data, &mut events) {
+            return Err(decode_hunyuan_error(200, &body, None));
+        }
         for ev in &events {
             self.handle(ev, out)?;
         }
@@ -766,14 +750,10 @@ impl StreamDecoder for HunyuanStream {
     }
 
     fn finish(&mut self, out: &mut Vec<StreamEvent>) -> Result<(), UpstreamError> {
-        if let Some(buf) = self.json.take() {
-            if buf.iter().any(|b| !b.is_ascii_whitespace()) {
-                return Err(decode_hunyuan_error(200, &buf, None));
-            }
-            return Ok(());
-        }
         let mut events = Vec::new();
-        self.sse.finish(&mut events);
+        if let Framed::Json(body) = self.body.finish(&mut events) {
+            return Err(decode_hunyuan_error(200, &body, None));
+        }
         for ev in &events {
             self.handle(ev, out)?;
         }

@@ -9,6 +9,7 @@
 //! - [`codec`]: the contract ([`Codec`], [`StreamDecoder`], [`Outbound`]).
 //! - [`ernie`]: Baidu ERNIE on Qianfan (legacy OAuth-token API, v2 OpenAI-compatible).
 //! - [`hunyuan`]: Tencent Hunyuan (TC3-signed `ChatCompletions`, OpenAI-compatible).
+//! - [`framing`]: SSE bodies that may instead be one JSON error object (ERNIE, Hunyuan).
 //! - [`gemini`]: Google Gemini's `generateContent` API.
 //! - [`media`]: image references (`data:` URLs).
 //! - [`dialect`]: OpenAI streams read through a vendor's finish-reason and error tables.
@@ -28,6 +29,7 @@ pub mod codec;
 pub mod dialect;
 pub mod doubao;
 pub mod ernie;
+pub mod framing;
 pub mod gemini;
 pub mod hunyuan;
 pub mod media;
