@@ -499,8 +499,19 @@ pub async fn complete_routed(
                 return finish(state, rid, r, ticket, answer, header, wire).await;
             }
             Err(f) => {
+                // The breaker counts what says the upstream is unusable: its faults, and
+                // credentials it refuses (not retried, but no use calling it again); a
+                // request it found invalid says nothing about its health.
+                let unusable = |k: tollgate_core::UpstreamErrorKind| {
+                    k.retryable()
+                        || matches!(
+                            k,
+                            tollgate_core::UpstreamErrorKind::Auth
+                                | tollgate_core::UpstreamErrorKind::PermissionDenied
+                        )
+                };
                 match f.upstream {
-                    Some(k) if k.retryable() => state.health.failure(&name, &f.error.message),
+                    Some(k) if unusable(k) => state.health.failure(&name, &f.error.message),
                     Some(_) => state.health.success(&name, None),
                     None => state.health.release(&name, permit),
                 }
