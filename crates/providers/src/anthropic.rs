@@ -24,8 +24,8 @@ use tollgate_core::sse::{SseEvent, SseParser};
 use tollgate_core::{GatewayError, UpstreamError, UpstreamErrorKind};
 
 use crate::codec::{
-    excerpt, join_url, Codec, DecodeCtx, EncodeCtx, HttpRequest, Outbound, StreamDecoder,
-    StreamEvent,
+    excerpt, join_url, tool_call_input, Codec, DecodeCtx, EncodeCtx, HttpRequest, Outbound,
+    StreamDecoder, StreamEvent,
 };
 use crate::media::parse_data_url;
 
@@ -130,17 +130,7 @@ fn encode_body(req: &ChatRequest, model: &str) -> Result<Value, GatewayError> {
             Role::Assistant => {
                 let mut blocks = content_blocks(&m.content, &param)?;
                 for (j, tc) in m.tool_calls.iter().flatten().enumerate() {
-                    let args = tc.function.arguments.trim();
-                    let input: Value = if args.is_empty() {
-                        json!({})
-                    } else {
-                        serde_json::from_str(args).map_err(|_| {
-                            bad(
-                                format!("{param}.tool_calls[{j}].function.arguments"),
-                                "tool call arguments must be a JSON object",
-                            )
-                        })?
-                    };
+                    let input = tool_call_input(&tc.function.arguments, &param, j)?;
                     blocks.push(json!({"type": "tool_use", "id": tc.id, "name": tc.function.name, "input": input}));
                 }
                 ("assistant", blocks)

@@ -173,3 +173,23 @@ pub fn excerpt(body: &[u8]) -> String {
         s.to_owned()
     }
 }
+
+/// A tool call's `arguments` (a JSON string in OpenAI's shape) as the JSON object the
+/// vendors that take structured input want (Anthropic `input`, Gemini `args`); empty
+/// means `{}`. The error names the field, e.g. `messages[2].tool_calls[0].function.arguments`.
+pub fn tool_call_input(
+    arguments: &str,
+    message_param: &str,
+    index: usize,
+) -> Result<serde_json::Value, GatewayError> {
+    let args = arguments.trim();
+    if args.is_empty() {
+        return Ok(serde_json::json!({}));
+    }
+    serde_json::from_str(args).map_err(|_| {
+        GatewayError::invalid_param(
+            &format!("{message_param}.tool_calls[{index}].function.arguments"),
+            "tool call arguments must be a JSON object",
+        )
+    })
+}

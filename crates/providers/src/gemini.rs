@@ -29,8 +29,8 @@ use tollgate_core::sse::{SseEvent, SseParser};
 use tollgate_core::{GatewayError, UpstreamError, UpstreamErrorKind};
 
 use crate::codec::{
-    excerpt, join_url, Codec, DecodeCtx, EncodeCtx, HttpRequest, Outbound, StreamDecoder,
-    StreamEvent,
+    excerpt, join_url, tool_call_input, Codec, DecodeCtx, EncodeCtx, HttpRequest, Outbound,
+    StreamDecoder, StreamEvent,
 };
 use crate::media::{guess_image_type, parse_data_url};
 
@@ -228,17 +228,7 @@ fn encode_body(req: &ChatRequest, model: &str) -> Result<Value, GatewayError> {
             Role::Assistant => {
                 let mut parts = content_parts(&m.content, &param)?;
                 for (j, tc) in m.tool_calls.iter().flatten().enumerate() {
-                    let args = tc.function.arguments.trim();
-                    let args: Value = if args.is_empty() {
-                        json!({})
-                    } else {
-                        serde_json::from_str(args).map_err(|_| {
-                            bad(
-                                format!("{param}.tool_calls[{j}].function.arguments"),
-                                "tool call arguments must be a JSON object",
-                            )
-                        })?
-                    };
+                    let args = tool_call_input(&tc.function.arguments, &param, j)?;
                     call_names.insert(tc.id.as_str(), tc.function.name.as_str());
                     let mut part =
                         json!({"functionCall": {"name": tc.function.name, "args": args}});
