@@ -204,6 +204,12 @@ def test_answered_requests_survive_sigkill(emulator, gateway, tmp_path):
         k.result()
     assert gw["proc"].p.wait(timeout=10) == -signal.SIGKILL
     assert len(received) > 20
+    # Rows become durable in the ledger journal on the request path; the next reader
+    # (here `tollgate usage`; a restarted gateway does the same) moves them into SQLite.
+    rep = json.loads(subprocess.run([BIN, "usage", "--config", str(gw["config"]), "--by", "request", "--json"],
+                                    check=True, capture_output=True, text=True).stdout)
+    reported = {l["group"] for l in rep["lines"]}
+    assert not [r for r in received if r not in reported]
     rows = ledger_rows(data_dir)
     missing = [r for r in received if r not in rows]
     assert not missing, f"{len(missing)} answered requests missing from the ledger"

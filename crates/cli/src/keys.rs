@@ -64,6 +64,8 @@ pub enum KeysCommand {
 pub async fn run(args: KeysArgs) -> anyhow::Result<()> {
     let cfg = args.store.config()?;
     let store = SqliteStore::open(&cfg.data_dir)?;
+    // The key list shows budget standing from the ledger: journaled rows first.
+    tollgate_store::journal::import_all(&cfg.data_dir, &store)?;
     match args.command.unwrap_or(KeysCommand::List) {
         KeysCommand::Create {
             name,

@@ -44,6 +44,8 @@ pub fn run(args: UsageArgs) -> anyhow::Result<()> {
     let filter = tollgate_server::api::date_range(args.since.as_deref(), args.until.as_deref())
         .map_err(|e| anyhow::anyhow!(e.message))?;
     let store = SqliteStore::open(&cfg.data_dir)?;
+    // Rows a running (or killed) gateway has journaled but not yet imported.
+    tollgate_store::journal::import_all(&cfg.data_dir, &store)?;
     let rows = store.rows(&filter)?;
     let rep = tollgate_server::reports::usage_report(&catalog, &rows, by, currency)
         .map_err(anyhow::Error::msg)?;

@@ -142,8 +142,12 @@ pub async fn usage(
         None => parse_currency(&state.config.reporting_currency)?,
     };
     let filter = date_range(p.since.as_deref(), p.until.as_deref())?;
-    let ledger = state.ledger_store.clone();
-    let rows = tokio::task::spawn_blocking(move || ledger.rows(&filter))
+    let st = state.clone();
+    let rows = tokio::task::spawn_blocking(move || {
+        // Rows still in the journal first, so the report sees every answered request.
+        st.ledger.sync()?;
+        st.ledger_store.rows(&filter).map_err(|e| e.to_string())
+    })
         .await
         .map_err(|_| GatewayError::internal())?
         .map_err(|e| {

@@ -552,8 +552,7 @@ pub async fn complete_routed(
                         status,
                         http_status: f.error.kind.http_status(),
                         ttft_ms: None,
-                    })
-                    .await?;
+                    })?;
                 return Err(f.error);
             }
         }
@@ -574,8 +573,7 @@ pub async fn complete_routed(
             },
             http_status: error.kind.http_status(),
             ttft_ms: None,
-        })
-        .await?;
+        })?;
     Err(error)
 }
 
@@ -602,8 +600,7 @@ async fn finish(
                     status: "ok",
                     http_status: 200,
                     ttft_ms: ttft,
-                })
-                .await?;
+                })?;
             if let Some(u) = out.usage.as_mut() {
                 u.cost = priced.cost.as_ref().map(ToString::to_string);
             }
@@ -732,7 +729,7 @@ impl Relay {
         loop {
             if let Flow::ClientGone = self.emit(&mut events, &tx).await {
                 drop(body);
-                self.settle("client_disconnected", 499).await;
+                self.settle("client_disconnected", 499);
                 return;
             }
             if ended || self.done || failure.is_some() {
@@ -742,7 +739,7 @@ impl Relay {
                 _ = tx.closed() => {
                     // The client went away: dropping `body` closes the upstream request now.
                     drop(body);
-                    self.settle("client_disconnected", 499).await;
+                    self.settle("client_disconnected", 499);
                     return;
                 }
                 n = upstream.next(&mut body) => n,
@@ -765,7 +762,7 @@ impl Relay {
         // Usage may arrive in the same read as the end.
         if let Flow::ClientGone = self.emit(&mut events, &tx).await {
             drop(body);
-            self.settle("client_disconnected", 499).await;
+            self.settle("client_disconnected", 499);
             return;
         }
         drop(body);
@@ -777,12 +774,12 @@ impl Relay {
         let closing = match failure {
             Some(e) => {
                 tracing::warn!(request_id = %self.rid.0, provider = %self.provider, error = %e, "stream failed");
-                self.settle("upstream_cut", 200).await;
+                self.settle("upstream_cut", 200);
                 self.writer.error(&e.to_gateway_error(&self.provider))
             }
             // The row is committed before the closing bytes go out: a client that saw
             // the end of the stream is in the ledger.
-            None => match self.settle("ok", 200).await {
+            None => match self.settle("ok", 200) {
                 Some(Ok(priced)) => self.writer.finish(&priced),
                 Some(Err(ge)) => self.writer.error(&ge),
                 None => Vec::new(),
@@ -796,7 +793,7 @@ impl Relay {
     }
 
     /// Settles the ticket once; `None` if it was settled already.
-    async fn settle(
+    fn settle(
         &mut self,
         status: &'static str,
         http_status: u16,
@@ -810,8 +807,7 @@ impl Relay {
                 status,
                 http_status,
                 ttft_ms: self.ttft,
-            })
-            .await;
+            });
         tracing::debug!(
             request_id = %self.rid.0,
             provider = %self.provider,

@@ -1,115 +1,108 @@
-//! The ledger writer: one dedicated thread that appends rows in batches (group commit).
+//! The ledger on the request path: a row is appended to the [journal] by the request's
+//! own thread before the last bytes of its answer go out, and an importer thread moves
+//! journaled rows into the ledger store in large batches.
 //!
-//! A request hands its row to the writer and, for a completed request, waits until the
-//! batch holding it has committed *before* the last bytes of the answer go out. So a
-//! request whose answer reached the client in full is in the ledger even if the gateway
-//! is killed right after (SQLite in WAL mode: a committed transaction survives the death
-//! of the process; `synchronous = NORMAL` trades durability against power loss, not
-//! against `kill -9`, for throughput). Concurrent requests share one commit, so the cost
-//! per request stays a fraction of one transaction.
+//! So a request whose answer reached the client in full is in the ledger even if the
+//! gateway is killed right after: the journal line is in the kernel's page cache when
+//! [`LedgerWriter::append`] returns (the same promise as a committed SQLite WAL
+//! transaction with `synchronous = NORMAL`: safe against `kill -9`, not against a power
+//! cut). Rows left in the journal by a killed gateway are imported at the next start or
+//! by the next report (`tollgate usage`, `/admin/usage`, a budget's first load), which
+//! all call [`LedgerWriter::sync`] or [`tollgate_store::journal::import_all`] first.
+//!
+//! Why not commit to SQLite on the request path: a commit per request (or per small
+//! group of requests) wrote ~5 WAL pages (~20 KB) and, every ~140 requests, waited on a
+//! checkpoint's `fsync`; every request handed its row to a writer thread and waited to be
+//! woken. That cost more CPU than the rest of the request (bench/README.md). One
+//! `write(2)` of a ~600-byte line costs a few microseconds and wakes nobody.
+//!
+//! [journal]: tollgate_store::journal
 
-use std::sync::mpsc;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
-use tokio::sync::oneshot;
+use tollgate_store::journal::{Importer, Journal, ROTATE_BYTES};
 use tollgate_store::{LedgerRow, LedgerStore};
 
-/// Largest batch one transaction takes.
-const MAX_BATCH: usize = 2_048;
+/// How often the importer moves journaled rows into the store.
+const IMPORT_EVERY: Duration = Duration::from_millis(100);
+/// How often the store's housekeeping runs (SQLite: a passive WAL checkpoint).
+const MAINTAIN_EVERY: Duration = Duration::from_secs(1);
 
-struct Job {
-    row: LedgerRow,
-    done: Option<oneshot::Sender<Result<(), String>>>,
-}
-
-/// A handle to the writer thread. Cloning is cheap.
+/// A handle to the journal and its importer. Cloning is cheap.
 #[derive(Clone)]
 pub struct LedgerWriter {
-    tx: mpsc::Sender<Job>,
+    journal: Arc<Journal>,
+    importer: Arc<Mutex<Importer>>,
+    store: Arc<dyn LedgerStore>,
 }
 
 impl LedgerWriter {
-    /// Starts the writer thread over `store` (give it its own connection), and a
-    /// maintenance thread calling `maintenance.maintain()` every second (SQLite: a
-    /// passive checkpoint that backfills the WAL without blocking the writer, so the
-    /// writer's own, bounded checkpoints have little left to do).
+    /// Imports what an earlier process left in the journal of `data_dir`, opens this
+    /// process's journal segment, and starts the importer thread over `store` (give it
+    /// its own connection), which also calls `maintenance.maintain()` every second.
     pub fn spawn(
+        data_dir: &std::path::Path,
         store: Arc<dyn LedgerStore>,
         maintenance: Arc<dyn LedgerStore>,
     ) -> Result<Self, String> {
-        let (tx, rx) = mpsc::channel::<Job>();
+        let mut importer = Importer::new(data_dir);
+        let left = importer
+            .run(store.as_ref())
+            .map_err(|e| format!("cannot import the ledger journal: {e}"))?;
+        if left.rows > 0 {
+            tracing::info!(
+                rows = left.rows,
+                segments = left.segments_removed,
+                "imported ledger rows an earlier run left in the journal"
+            );
+        }
+        let journal = Arc::new(
+            Journal::open(data_dir).map_err(|e| format!("cannot open the ledger journal: {e}"))?,
+        );
+        let w = LedgerWriter {
+            journal,
+            importer: Arc::new(Mutex::new(importer)),
+            store,
+        };
+        let bg = w.clone();
         std::thread::Builder::new()
             .name("tollgate-ledger".into())
-            .spawn(move || run(store, rx))
-            .map_err(|e| format!("cannot start the ledger writer: {e}"))?;
-        std::thread::Builder::new()
-            .name("tollgate-ledger-maint".into())
-            .spawn(move || loop {
-                std::thread::sleep(std::time::Duration::from_secs(1));
-                if let Err(e) = maintenance.maintain() {
-                    tracing::warn!(error = %e, "ledger maintenance failed");
+            .spawn(move || {
+                let mut last_maintain = Instant::now();
+                loop {
+                    std::thread::sleep(IMPORT_EVERY);
+                    if let Err(e) = bg.sync() {
+                        tracing::error!(error = %e, "importing the ledger journal failed; retrying");
+                    }
+                    if let Err(e) = bg.journal.rotate_if_larger(ROTATE_BYTES) {
+                        tracing::error!(error = %e, "rotating the ledger journal failed");
+                    }
+                    if last_maintain.elapsed() >= MAINTAIN_EVERY {
+                        last_maintain = Instant::now();
+                        if let Err(e) = maintenance.maintain() {
+                            tracing::warn!(error = %e, "ledger maintenance failed");
+                        }
+                    }
                 }
             })
-            .map_err(|e| format!("cannot start the ledger maintenance: {e}"))?;
-        Ok(LedgerWriter { tx })
+            .map_err(|e| format!("cannot start the ledger importer: {e}"))?;
+        Ok(w)
     }
 
-    /// Appends `row` and waits for its commit.
-    pub async fn append(&self, row: LedgerRow) -> Result<(), String> {
-        let (done, wait) = oneshot::channel();
-        self.tx
-            .send(Job {
-                row,
-                done: Some(done),
-            })
-            .map_err(|_| "the ledger writer has stopped".to_owned())?;
-        wait.await
-            .map_err(|_| "the ledger writer has stopped".to_owned())?
+    /// Appends `row` to the journal: durable when this returns `Ok`.
+    pub fn append(&self, row: &LedgerRow) -> Result<(), String> {
+        self.journal.append(row).map_err(|e| e.to_string())
     }
 
-    /// Appends `row` without waiting (for rows written from `Drop`, where nobody can
-    /// wait: a request abandoned by its client).
-    pub fn append_detached(&self, row: LedgerRow) {
-        if self.tx.send(Job { row, done: None }).is_err() {
-            tracing::error!("the ledger writer has stopped; a row was lost");
-        }
-    }
-}
-
-fn run(store: Arc<dyn LedgerStore>, rx: mpsc::Receiver<Job>) {
-    let mut batch: Vec<Job> = Vec::with_capacity(MAX_BATCH);
-    while let Ok(first) = rx.recv() {
-        batch.push(first);
-        while batch.len() < MAX_BATCH {
-            match rx.try_recv() {
-                Ok(j) => batch.push(j),
-                Err(_) => break,
-            }
-        }
-        let rows: Vec<LedgerRow> = batch.iter().map(|j| j.row.clone()).collect();
-        match store.append(&rows) {
-            Ok(()) => {
-                for j in batch.drain(..) {
-                    if let Some(d) = j.done {
-                        let _ = d.send(Ok(()));
-                    }
-                }
-            }
-            Err(e) => {
-                // One bad row must not sink its neighbours: retry them one by one.
-                tracing::error!(error = %e, rows = rows.len(), "ledger batch failed; retrying row by row");
-                for j in batch.drain(..) {
-                    let r = store
-                        .append(std::slice::from_ref(&j.row))
-                        .map_err(|e| e.to_string());
-                    if let Err(e) = &r {
-                        tracing::error!(error = %e, request_id = %j.row.id, "ledger row could not be written");
-                    }
-                    if let Some(d) = j.done {
-                        let _ = d.send(r);
-                    }
-                }
-            }
-        }
+    /// Moves every journaled row into the store now (blocking: call it off the async
+    /// threads). Reads of the ledger call this first, so they see every row.
+    pub fn sync(&self) -> Result<(), String> {
+        let mut imp = self
+            .importer
+            .lock()
+            .map_err(|_| "the ledger importer panicked".to_owned())?;
+        imp.run(self.store.as_ref()).map_err(|e| e.to_string())?;
+        Ok(())
     }
 }

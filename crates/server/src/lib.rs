@@ -12,7 +12,7 @@
 //! - [`route`]: virtual models: candidates, per-request controls, the plan with health
 //!   signals (the decision itself is `tollgate_core::routing`).
 //! - [`health`]: circuit breakers, TTFT EWMAs and free-tier usage per upstream model.
-//! - [`ledger`]: the group-commit ledger writer thread.
+//! - [`ledger`]: rows appended to the journal on the request path, and the importer thread.
 //! - [`admin`]: `/admin/keys` and `/admin/health` (admin key required).
 //! - [`api`]: `GET /v1/prices` and `GET /admin/usage`; [`reports`] builds the usage tables.
 //! - [`upstream`]: the one pooled upstream client with its timeouts.

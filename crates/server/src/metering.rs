@@ -232,6 +232,7 @@ async fn ensure_loaded(
     let st = state.clone();
     let (b2, key2) = (b.clone(), key.clone());
     let spent = tokio::task::spawn_blocking(move || {
+        st.ledger.sync()?;
         spent_in_window(&st.catalog, st.ledger_store.as_ref(), &b2, &key2, now)
     })
     .await
@@ -565,11 +566,11 @@ impl Ticket {
     /// Prices the outcome, settles budgets and limits, and commits the ledger row. An
     /// `Err` means the row could not be written: the caller must not deliver the answer
     /// as if it were recorded.
-    pub async fn settle(mut self, outcome: Outcome) -> Result<Priced, GatewayError> {
+    pub fn settle(mut self, outcome: Outcome) -> Result<Priced, GatewayError> {
         let (row, priced) = self.price_and_release(&outcome);
         self.settled = true;
         self.state.metrics.record(&row);
-        self.state.ledger.append(row).await.map_err(|e| {
+        self.state.ledger.append(&row).map_err(|e| {
             tracing::error!(error = %e, request_id = %self.row.id, "ledger write failed");
             GatewayError::new(
                 ErrorKind::Internal,
@@ -693,6 +694,8 @@ impl Drop for Ticket {
         });
         self.settled = true;
         self.state.metrics.record(&row);
-        self.state.ledger.append_detached(row);
+        if let Err(e) = self.state.ledger.append(&row) {
+            tracing::error!(error = %e, request_id = %row.id, "ledger write failed; a row was lost");
+        }
     }
 }

@@ -69,8 +69,10 @@ pub struct Stores {
     pub keys: Arc<dyn KeyStore>,
     /// For reads (reports, budget spend at start-up).
     pub ledger: Arc<dyn LedgerStore>,
-    /// Given to the ledger writer thread; its own connection where the backend has them.
+    /// Given to the ledger importer thread; its own connection where the backend has them.
     pub ledger_writer: Arc<dyn LedgerStore>,
+    /// Where the ledger journal lives (`<data_dir>/journal`).
+    pub data_dir: std::path::PathBuf,
     /// For [`LedgerStore::maintain`], on a background thread.
     pub maintenance: Arc<dyn LedgerStore>,
 }
@@ -85,6 +87,7 @@ impl Stores {
             keys: main.clone(),
             ledger: main,
             ledger_writer: writer,
+            data_dir: data_dir.to_path_buf(),
             maintenance,
         })
     }
@@ -190,7 +193,7 @@ impl AppState {
             }
             providers.insert(p.id.clone(), prov);
         }
-        let ledger = LedgerWriter::spawn(stores.ledger_writer, stores.maintenance)?;
+        let ledger = LedgerWriter::spawn(&stores.data_dir, stores.ledger_writer, stores.maintenance)?;
         let health = Health::new(config.routing.breaker);
         let mut state = AppState {
             config,

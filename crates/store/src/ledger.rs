@@ -1,15 +1,15 @@
 //! The ledger: one append-only row per request (and per upstream attempt inside it).
 //!
-//! Rows are written in batches by one writer (group commit, see the server's `ledger`
-//! module) and never updated: a row records the price period it used and the FX rate,
+//! Rows are made durable in the [journal](crate::journal) on the request path, then moved
+//! into the store in large batches by an importer; they are never updated: a row records the price period it used and the FX rate,
 //! so history is never rewritten when prices change.
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::StoreError;
 
 /// One request as the ledger keeps it.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LedgerRow {
     /// The request id (`x-tollgate-request-id`).
     pub id: String,
@@ -92,8 +92,11 @@ pub struct LedgerFilter {
 
 /// The ledger, whatever the backend.
 pub trait LedgerStore: Send + Sync {
-    /// Appends rows in one transaction: all or none.
+    /// Appends rows in one transaction: all or none (a duplicate id refuses the batch).
     fn append(&self, rows: &[LedgerRow]) -> Result<(), StoreError>;
+    /// Appends rows in one transaction, skipping rows whose id is already there: how the
+    /// [journal](crate::journal) is imported (a line may be imported twice).
+    fn replay(&self, rows: &[LedgerRow]) -> Result<(), StoreError>;
     /// Rows matching the filter, oldest first.
     fn rows(&self, filter: &LedgerFilter) -> Result<Vec<LedgerRow>, StoreError>;
     /// Spend of a key (or a group) since a time, to rebuild a budget's state:

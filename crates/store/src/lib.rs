@@ -4,13 +4,16 @@
 //! # Layout
 //! - [`keys`]: virtual API keys: [`KeyStore`], [`KeyRecord`], hashing and generation.
 //! - [`ledger`]: the append-only ledger: [`LedgerStore`], [`LedgerRow`].
+//! - [`journal`]: where rows become durable on the request path, before the store has them.
 //! - [`sqlite`]: the SQLite implementation (WAL mode, one file in the data directory).
 
+pub mod journal;
 pub mod keys;
 pub mod ledger;
 pub mod sqlite;
 
 pub use keys::{hash_key, BudgetSpec, KeyRecord, KeyStore, NewKey};
+pub use journal::{Importer, Journal};
 pub use ledger::{GroupBy, LedgerFilter, LedgerRow, LedgerStore};
 pub use sqlite::SqliteStore;
 

@@ -296,19 +296,29 @@ fn row_to_ledger(r: &rusqlite::Row<'_>) -> rusqlite::Result<LedgerRow> {
     })
 }
 
-impl LedgerStore for SqliteStore {
-    fn append(&self, rows: &[LedgerRow]) -> Result<(), StoreError> {
-        let mut conn = self.conn.lock().map_err(|_| StoreError::Poisoned)?;
-        let tx = conn.transaction()?;
-        {
-            let mut st = tx.prepare_cached(
-                "INSERT INTO ledger (id, ts_ms, key_id, key_name, group_name, requested_model, provider, model, \
+const INSERT_LEDGER: &str = "INSERT INTO ledger (id, ts_ms, key_id, key_name, group_name, requested_model, provider, model, \
                  price_id, prompt_tokens, completion_tokens, cached_tokens, cache_write_tokens, reasoning_tokens, \
                  usage_source, cost_nanos, cost_currency, report_cost_nanos, report_currency, fx_rate, fx_month, \
                  latency_ms, ttft_ms, status, http_status, stream, attempts) \
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, \
-                 ?21, ?22, ?23, ?24, ?25, ?26, ?27)",
-            )?;
+                 ?21, ?22, ?23, ?24, ?25, ?26, ?27)";
+const INSERT_OR_IGNORE_LEDGER: &str = "INSERT OR IGNORE INTO ledger (id, ts_ms, key_id, key_name, group_name, requested_model, provider, model, \
+                 price_id, prompt_tokens, completion_tokens, cached_tokens, cache_write_tokens, reasoning_tokens, \
+                 usage_source, cost_nanos, cost_currency, report_cost_nanos, report_currency, fx_rate, fx_month, \
+                 latency_ms, ttft_ms, status, http_status, stream, attempts) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, \
+                 ?21, ?22, ?23, ?24, ?25, ?26, ?27)";
+
+impl SqliteStore {
+    fn insert_rows(&self, rows: &[LedgerRow], skip_known: bool) -> Result<(), StoreError> {
+        let mut conn = self.conn.lock().map_err(|_| StoreError::Poisoned)?;
+        let tx = conn.transaction()?;
+        {
+            let mut st = tx.prepare_cached(if skip_known {
+                INSERT_OR_IGNORE_LEDGER
+            } else {
+                INSERT_LEDGER
+            })?;
             for r in rows {
                 st.execute(params![
                     r.id,
@@ -343,6 +353,16 @@ impl LedgerStore for SqliteStore {
         }
         tx.commit()?;
         Ok(())
+    }
+}
+
+impl LedgerStore for SqliteStore {
+    fn append(&self, rows: &[LedgerRow]) -> Result<(), StoreError> {
+        self.insert_rows(rows, false)
+    }
+
+    fn replay(&self, rows: &[LedgerRow]) -> Result<(), StoreError> {
+        self.insert_rows(rows, true)
     }
 
     fn rows(&self, f: &LedgerFilter) -> Result<Vec<LedgerRow>, StoreError> {

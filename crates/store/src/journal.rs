@@ -1,0 +1,374 @@
+//! The ledger journal: where a request's row is made durable on the request path.
+//!
+//! Appending a row is one `write(2)` of one JSON line to a file opened with `O_APPEND`,
+//! done by the request's own thread: no hand-off to another thread, no wait for a
+//! database commit. Once the call returns, the row is in the kernel's page cache and
+//! survives the death of the process (`kill -9`), exactly like a committed SQLite WAL
+//! transaction with `synchronous = NORMAL` (neither survives a power cut without an
+//! `fsync`). An [`Importer`], run every ~100 ms by a background thread and before every
+//! read of the ledger, moves the journaled rows into the [`LedgerStore`] in large
+//! transactions ([`LedgerStore::replay`]: rows whose id is already there are skipped, so
+//! importing a line twice is harmless).
+//!
+//! # Files
+//! `<data_dir>/journal/<ms>-<pid>-<n>.jsonl`, one *segment* per writer at a time. The
+//! writing process holds an exclusive `flock` on its segment for as long as it may append
+//! to it; a segment nobody holds a lock on is *sealed*: no line can be added to it. An
+//! importer (in any process: the gateway, `tollgate usage`, `tollgate keys list`) imports
+//! the complete lines of every segment and deletes a sealed segment once all of its lines
+//! are in the store. A segment is created under a `.tmp` name, locked, then renamed, so an
+//! importer never sees an unlocked fresh segment. The gateway rotates its segment when it
+//! passes [`ROTATE_BYTES`]; segments left by a killed process are sealed (the kernel drops
+//! the lock with the process) and imported at the next start or read.
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::RwLock;
+
+use crate::{LedgerRow, LedgerStore, StoreError};
+
+/// Size after which the gateway starts a new segment (the old one is imported and deleted).
+pub const ROTATE_BYTES: u64 = 8 * 1024 * 1024;
+
+/// The journal directory of a data directory.
+pub fn journal_dir(data_dir: &Path) -> PathBuf {
+    data_dir.join("journal")
+}
+
+fn io_err(path: &Path, source: std::io::Error) -> StoreError {
+    StoreError::DataDir {
+        path: path.display().to_string(),
+        source,
+    }
+}
+
+struct Segment {
+    file: File,
+    path: PathBuf,
+    len: AtomicU64,
+}
+
+static SEGMENT_SEQ: AtomicU64 = AtomicU64::new(0);
+
+impl Segment {
+    /// Creates, locks, then publishes a new segment.
+    fn create(dir: &Path) -> Result<Segment, StoreError> {
+        let ms = chrono::Utc::now().timestamp_millis();
+        let n = SEGMENT_SEQ.fetch_add(1, Ordering::Relaxed);
+        let name = format!("{ms:013}-{}-{n}.jsonl", std::process::id());
+        let path = dir.join(&name);
+        let tmp = dir.join(format!("{name}.tmp"));
+        let file = std::fs::OpenOptions::new()
+            .append(true)
+            .create_new(true)
+            .open(&tmp)
+            .map_err(|e| io_err(&tmp, e))?;
+        file.try_lock()
+            .map_err(|e| StoreError::Invalid(format!("cannot lock {}: {e}", tmp.display())))?;
+        std::fs::rename(&tmp, &path).map_err(|e| io_err(&path, e))?;
+        Ok(Segment {
+            file,
+            path,
+            len: AtomicU64::new(0),
+        })
+    }
+}
+
+/// The writing side: appends rows to this process's segment.
+pub struct Journal {
+    dir: PathBuf,
+    active: RwLock<Segment>,
+}
+
+impl Journal {
+    /// Opens a new segment in `<data_dir>/journal` (creating the directory).
+    pub fn open(data_dir: &Path) -> Result<Journal, StoreError> {
+        let dir = journal_dir(data_dir);
+        std::fs::create_dir_all(&dir).map_err(|e| io_err(&dir, e))?;
+        let seg = Segment::create(&dir)?;
+        Ok(Journal {
+            dir,
+            active: RwLock::new(seg),
+        })
+    }
+
+    /// Appends one row: one `write(2)` of one line. When this returns `Ok`, the row
+    /// survives the death of the process.
+    pub fn append(&self, row: &LedgerRow) -> Result<(), StoreError> {
+        let mut line = Vec::with_capacity(640);
+        serde_json::to_writer(&mut line, row)
+            .map_err(|e| StoreError::Invalid(format!("cannot encode a ledger row: {e}")))?;
+        line.push(b'\n');
+        let seg = self.active.read().map_err(|_| StoreError::Poisoned)?;
+        // O_APPEND: concurrent appends from several threads never interleave.
+        (&seg.file)
+            .write_all(&line)
+            .map_err(|e| io_err(&seg.path, e))?;
+        seg.len.fetch_add(line.len() as u64, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// Starts a new segment when the current one holds more than `limit` bytes. The old
+    /// one is closed (its lock released: it is sealed) and left for the importer.
+    pub fn rotate_if_larger(&self, limit: u64) -> Result<bool, StoreError> {
+        {
+            let seg = self.active.read().map_err(|_| StoreError::Poisoned)?;
+            if seg.len.load(Ordering::Relaxed) <= limit {
+                return Ok(false);
+            }
+        }
+        let new = Segment::create(&self.dir)?;
+        let mut seg = self.active.write().map_err(|_| StoreError::Poisoned)?;
+        // The old segment is dropped here: its file closes and its lock goes with it.
+        *seg = new;
+        Ok(true)
+    }
+
+    /// The path of the segment being written.
+    pub fn active_path(&self) -> Result<PathBuf, StoreError> {
+        Ok(self
+            .active
+            .read()
+            .map_err(|_| StoreError::Poisoned)?
+            .path
+            .clone())
+    }
+}
+
+/// What one import did.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Imported {
+    /// Lines read and handed to the store (including ones it already had).
+    pub rows: usize,
+    /// Sealed segments deleted after their rows were in the store.
+    pub segments_removed: usize,
+    /// Lines that were not a ledger row (logged, skipped, kept out of the store).
+    pub bad_lines: usize,
+}
+
+/// The reading side: moves journaled rows into a [`LedgerStore`]. It remembers how far
+/// it has read each segment, so an importer that runs often reads only new lines.
+pub struct Importer {
+    dir: PathBuf,
+    read_to: HashMap<PathBuf, u64>,
+}
+
+impl Importer {
+    pub fn new(data_dir: &Path) -> Importer {
+        Importer {
+            dir: journal_dir(data_dir),
+            read_to: HashMap::new(),
+        }
+    }
+
+    /// Imports every complete line not imported yet, and deletes sealed segments once
+    /// their rows are in `store`.
+    pub fn run(&mut self, store: &dyn LedgerStore) -> Result<Imported, StoreError> {
+        let mut done = Imported::default();
+        let entries = match std::fs::read_dir(&self.dir) {
+            Ok(e) => e,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(done),
+            Err(e) => return Err(io_err(&self.dir, e)),
+        };
+        let mut paths: Vec<PathBuf> = entries
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| p.extension().is_some_and(|x| x == "jsonl"))
+            .collect();
+        paths.sort();
+        self.read_to.retain(|p, _| paths.contains(p));
+        for path in paths {
+            let mut file = match File::open(&path) {
+                Ok(f) => f,
+                // Deleted by another importer since the listing: its rows are in.
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                Err(e) => return Err(io_err(&path, e)),
+            };
+            // Locked first, read after: if nobody holds the lock now, nobody can add a
+            // line to this segment any more, so reading to its end reads all of it.
+            let sealed = file.try_lock().is_ok();
+            let start = self.read_to.get(&path).copied().unwrap_or(0);
+            file.seek(SeekFrom::Start(start))
+                .map_err(|e| io_err(&path, e))?;
+            let mut buf = Vec::new();
+            file.read_to_end(&mut buf).map_err(|e| io_err(&path, e))?;
+            let complete = buf.iter().rposition(|&b| b == b'\n').map_or(0, |i| i + 1);
+            let mut rows = Vec::new();
+            for line in buf[..complete].split(|&b| b == b'\n') {
+                if line.is_empty() {
+                    continue;
+                }
+                match serde_json::from_slice::<LedgerRow>(line) {
+                    Ok(r) => rows.push(r),
+                    Err(e) => {
+                        done.bad_lines += 1;
+                        tracing::error!(segment = %path.display(), error = %e, "a journal line is not a ledger row; skipped");
+                    }
+                }
+            }
+            if !rows.is_empty() {
+                store.replay(&rows)?;
+                done.rows += rows.len();
+            }
+            self.read_to.insert(path.clone(), start + complete as u64);
+            if sealed {
+                if complete < buf.len() {
+                    done.bad_lines += 1;
+                    tracing::error!(segment = %path.display(), bytes = buf.len() - complete,
+                        "a journal segment ends in a partial line (a write cut short); skipped");
+                }
+                match std::fs::remove_file(&path) {
+                    Ok(()) => done.segments_removed += 1,
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                    Err(e) => return Err(io_err(&path, e)),
+                }
+                self.read_to.remove(&path);
+            }
+        }
+        Ok(done)
+    }
+}
+
+/// Imports whatever the journal of `data_dir` holds into `store`: for a process that
+/// reads the ledger (reports) and did not write it.
+pub fn import_all(data_dir: &Path, store: &dyn LedgerStore) -> Result<Imported, StoreError> {
+    Importer::new(data_dir).run(store)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{LedgerFilter, SqliteStore};
+
+    fn tmp() -> PathBuf {
+        let d = std::env::temp_dir().join(format!(
+            "tollgate-journal-test-{}-{}",
+            std::process::id(),
+            SEGMENT_SEQ.fetch_add(1, Ordering::Relaxed)
+        ));
+        std::fs::create_dir_all(&d).unwrap();
+        d
+    }
+
+    fn row(id: &str, cost: i64) -> LedgerRow {
+        LedgerRow {
+            id: id.into(),
+            ts_ms: 1_000,
+            key_id: "k1".into(),
+            key_name: "n".into(),
+            requested_model: "m".into(),
+            provider: "deepseek".into(),
+            model: "deepseek-chat".into(),
+            usage_source: "vendor".into(),
+            cost_nanos: cost,
+            cost_currency: "CNY".into(),
+            report_currency: "CNY".into(),
+            report_cost_nanos: cost,
+            status: "ok".into(),
+            http_status: 200,
+            attempts: "[]".into(),
+            ..Default::default()
+        }
+    }
+
+    fn ids(s: &SqliteStore) -> Vec<String> {
+        s.rows(&LedgerFilter::default())
+            .unwrap()
+            .into_iter()
+            .map(|r| r.id)
+            .collect()
+    }
+
+    fn segments(dir: &Path) -> usize {
+        std::fs::read_dir(journal_dir(dir)).unwrap().count()
+    }
+
+    #[test]
+    fn rows_reach_the_store_once_and_the_active_segment_stays() {
+        let dir = tmp();
+        let s = SqliteStore::open(&dir).unwrap();
+        let j = Journal::open(&dir).unwrap();
+        j.append(&row("a", 5)).unwrap();
+        j.append(&row("b", 7)).unwrap();
+        let mut imp = Importer::new(&dir);
+        let got = imp.run(&s).unwrap();
+        assert_eq!((got.rows, got.segments_removed, got.bad_lines), (2, 0, 0));
+        assert_eq!(ids(&s), ["a", "b"]);
+        // Only new lines are read the next time; the live segment is never deleted.
+        j.append(&row("c", 1)).unwrap();
+        assert_eq!(imp.run(&s).unwrap().rows, 1);
+        assert_eq!(segments(&dir), 1);
+        // Another importer (another process: a report) reads everything again: harmless.
+        assert_eq!(import_all(&dir, &s).unwrap().rows, 3);
+        assert_eq!(ids(&s), ["a", "b", "c"]);
+        std::fs::remove_dir_all(dir).ok();
+    }
+
+    #[test]
+    fn sealed_segments_are_imported_then_deleted() {
+        let dir = tmp();
+        let s = SqliteStore::open(&dir).unwrap();
+        let j = Journal::open(&dir).unwrap();
+        j.append(&row("a", 5)).unwrap();
+        assert!(!j.rotate_if_larger(1 << 20).unwrap());
+        assert!(j.rotate_if_larger(10).unwrap());
+        j.append(&row("b", 7)).unwrap();
+        assert_eq!(segments(&dir), 2);
+        let got = import_all(&dir, &s).unwrap();
+        assert_eq!((got.rows, got.segments_removed), (2, 1));
+        assert_eq!(segments(&dir), 1);
+        // A process that dies leaves its segment unlocked: the next import takes it whole.
+        drop(j);
+        let got = import_all(&dir, &s).unwrap();
+        assert_eq!((got.rows, got.segments_removed), (1, 1));
+        assert_eq!(segments(&dir), 0);
+        assert_eq!(ids(&s), ["a", "b"]);
+        std::fs::remove_dir_all(dir).ok();
+    }
+
+    #[test]
+    fn partial_and_bad_lines_are_skipped_not_fatal() {
+        let dir = tmp();
+        let s = SqliteStore::open(&dir).unwrap();
+        let jd = journal_dir(&dir);
+        std::fs::create_dir_all(&jd).unwrap();
+        let mut good = serde_json::to_vec(&row("a", 5)).unwrap();
+        good.extend_from_slice(b"\nnot json\n{\"id\":\"cut");
+        std::fs::write(jd.join("0000000000001-1-0.jsonl"), &good).unwrap();
+        let got = import_all(&dir, &s).unwrap();
+        assert_eq!((got.rows, got.segments_removed, got.bad_lines), (1, 1, 2));
+        assert_eq!(ids(&s), ["a"]);
+        std::fs::remove_dir_all(dir).ok();
+    }
+
+    #[test]
+    fn concurrent_appends_never_interleave() {
+        let dir = tmp();
+        let s = SqliteStore::open(&dir).unwrap();
+        let j = std::sync::Arc::new(Journal::open(&dir).unwrap());
+        let threads: Vec<_> = (0..4)
+            .map(|t| {
+                let j = j.clone();
+                std::thread::spawn(move || {
+                    for i in 0..250 {
+                        let mut r = row(&format!("t{t}-{i}"), 1);
+                        r.attempts = "x".repeat(i * 7);
+                        j.append(&r).unwrap();
+                        if i == 100 {
+                            j.rotate_if_larger(4096).unwrap();
+                        }
+                    }
+                })
+            })
+            .collect();
+        for t in threads {
+            t.join().unwrap();
+        }
+        let got = import_all(&dir, &s).unwrap();
+        assert_eq!((got.rows, got.bad_lines), (1000, 0));
+        assert_eq!(ids(&s).len(), 1000);
+        std::fs::remove_dir_all(dir).ok();
+    }
+}
