@@ -59,7 +59,10 @@ def provider(name, base, models):
 
 
 def ledger_rows(gw, n, timeout=10):
-    """The last `n` ledger rows (oldest first), waiting for the group commit."""
+    """The last `n` ledger rows (oldest first). Rows are durable in the ledger journal when
+    the answer goes out; `tollgate usage` moves whatever the importer has not yet moved
+    into SQLite before it reads, so after it the table holds every answered request."""
+    subprocess.run([BIN, "usage", "--config", str(gw["config"]), "--json"], check=True, capture_output=True)
     db = gw["config"].parent / gw["config"].stem / "tollgate.db"
     deadline = time.time() + timeout
     while True:

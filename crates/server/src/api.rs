@@ -148,12 +148,12 @@ pub async fn usage(
         st.ledger.sync()?;
         st.ledger_store.rows(&filter).map_err(|e| e.to_string())
     })
-        .await
-        .map_err(|_| GatewayError::internal())?
-        .map_err(|e| {
-            tracing::error!(error = %e, "reading the ledger failed");
-            GatewayError::internal()
-        })?;
+    .await
+    .map_err(|_| GatewayError::internal())?
+    .map_err(|e| {
+        tracing::error!(error = %e, "reading the ledger failed");
+        GatewayError::internal()
+    })?;
     let rep = crate::reports::usage_report(&state.catalog, &rows, by, currency).map_err(|e| {
         tracing::error!(error = %e, "usage report failed");
         GatewayError::internal()

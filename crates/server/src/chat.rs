@@ -544,15 +544,14 @@ pub async fn complete_routed(
                 } else {
                     "upstream_error"
                 };
-                ticket
-                    .settle(Outcome {
-                        usage: None,
-                        completion_estimate: 0,
-                        upstream_reached: f.billed,
-                        status,
-                        http_status: f.error.kind.http_status(),
-                        ttft_ms: None,
-                    })?;
+                ticket.settle(Outcome {
+                    usage: None,
+                    completion_estimate: 0,
+                    upstream_reached: f.billed,
+                    status,
+                    http_status: f.error.kind.http_status(),
+                    ttft_ms: None,
+                })?;
                 return Err(f.error);
             }
         }
@@ -561,19 +560,18 @@ pub async fn complete_routed(
         GatewayError::new(ErrorKind::Unavailable, "No candidate could be tried")
             .with_code("no_healthy_candidate")
     });
-    ticket
-        .settle(Outcome {
-            usage: None,
-            completion_estimate: 0,
-            upstream_reached: false,
-            status: if error.code.as_deref() == Some("circuit_open") {
-                "circuit_open"
-            } else {
-                "upstream_error"
-            },
-            http_status: error.kind.http_status(),
-            ttft_ms: None,
-        })?;
+    ticket.settle(Outcome {
+        usage: None,
+        completion_estimate: 0,
+        upstream_reached: false,
+        status: if error.code.as_deref() == Some("circuit_open") {
+            "circuit_open"
+        } else {
+            "upstream_error"
+        },
+        http_status: error.kind.http_status(),
+        ttft_ms: None,
+    })?;
     Err(error)
 }
 
@@ -592,15 +590,14 @@ async fn finish(
     match answer {
         Answer::Full(mut out) => {
             let rate_headers = ticket.rate_headers.clone();
-            let priced = ticket
-                .settle(Outcome {
-                    usage: out.usage.clone(),
-                    completion_estimate: completion_tokens_of(&out),
-                    upstream_reached: true,
-                    status: "ok",
-                    http_status: 200,
-                    ttft_ms: ttft,
-                })?;
+            let priced = ticket.settle(Outcome {
+                usage: out.usage.clone(),
+                completion_estimate: completion_tokens_of(&out),
+                upstream_reached: true,
+                status: "ok",
+                http_status: 200,
+                ttft_ms: ttft,
+            })?;
             if let Some(u) = out.usage.as_mut() {
                 u.cost = priced.cost.as_ref().map(ToString::to_string);
             }
@@ -799,15 +796,14 @@ impl Relay {
         http_status: u16,
     ) -> Option<Result<metering::Priced, GatewayError>> {
         let ticket = self.ticket.take()?;
-        let r = ticket
-            .settle(Outcome {
-                usage: self.usage.clone(),
-                completion_estimate: self.completion_estimate,
-                upstream_reached: true,
-                status,
-                http_status,
-                ttft_ms: self.ttft,
-            });
+        let r = ticket.settle(Outcome {
+            usage: self.usage.clone(),
+            completion_estimate: self.completion_estimate,
+            upstream_reached: true,
+            status,
+            http_status,
+            ttft_ms: self.ttft,
+        });
         tracing::debug!(
             request_id = %self.rid.0,
             provider = %self.provider,

@@ -193,7 +193,8 @@ impl AppState {
             }
             providers.insert(p.id.clone(), prov);
         }
-        let ledger = LedgerWriter::spawn(&stores.data_dir, stores.ledger_writer, stores.maintenance)?;
+        let ledger =
+            LedgerWriter::spawn(&stores.data_dir, stores.ledger_writer, stores.maintenance)?;
         let health = Health::new(config.routing.breaker);
         let mut state = AppState {
             config,

@@ -12,8 +12,8 @@ pub mod keys;
 pub mod ledger;
 pub mod sqlite;
 
-pub use keys::{hash_key, BudgetSpec, KeyRecord, KeyStore, NewKey};
 pub use journal::{Importer, Journal};
+pub use keys::{hash_key, BudgetSpec, KeyRecord, KeyStore, NewKey};
 pub use ledger::{GroupBy, LedgerFilter, LedgerRow, LedgerStore};
 pub use sqlite::SqliteStore;
 
