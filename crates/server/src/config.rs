@@ -28,6 +28,9 @@ pub struct RawConfig {
     pub max_body_bytes: Option<usize>,
     /// Seconds in-flight requests get to finish after SIGTERM/SIGINT. Default 30.
     pub shutdown_grace_secs: Option<u64>,
+    /// Threads serving connections, each with its own event loop and upstream
+    /// connection pool. Default: the number of CPUs.
+    pub threads: Option<usize>,
     /// Upstream timeouts.
     #[serde(default)]
     pub timeouts: RawTimeouts,
@@ -121,6 +124,8 @@ pub struct Config {
     pub reporting_currency: String,
     pub max_body_bytes: usize,
     pub shutdown_grace: Duration,
+    /// Threads serving connections (each a single-threaded event loop).
+    pub threads: usize,
     pub timeouts: Timeouts,
     pub providers: Vec<ProviderConfig>,
     pub catalog_dirs: Vec<PathBuf>,
@@ -168,6 +173,11 @@ pub struct ProviderConfig {
     pub passthrough: bool,
 }
 
+/// One serving thread per CPU.
+fn default_threads() -> usize {
+    std::thread::available_parallelism().map_or(2, |n| n.get())
+}
+
 impl Config {
     /// Defaults, no providers.
     pub fn empty(data_dir: PathBuf) -> Self {
@@ -178,6 +188,7 @@ impl Config {
             reporting_currency: "CNY".to_owned(),
             max_body_bytes: 8 * 1024 * 1024,
             shutdown_grace: Duration::from_secs(30),
+            threads: default_threads(),
             timeouts: Timeouts::default(),
             providers: Vec::new(),
             catalog_dirs: Vec::new(),
@@ -298,6 +309,10 @@ impl RawConfig {
         if max_body_bytes < 1024 {
             return Err("max_body_bytes: must be at least 1024".to_owned());
         }
+        let threads = self.threads.unwrap_or_else(default_threads);
+        if !(1..=256).contains(&threads) {
+            return Err(format!("threads: {threads} is not between 1 and 256"));
+        }
         let d = Timeouts::default();
         let ms = |v: Option<u64>, dflt: Duration, name: &str| -> Result<Duration, String> {
             match v {
@@ -416,6 +431,7 @@ impl RawConfig {
             reporting_currency,
             max_body_bytes,
             shutdown_grace: Duration::from_secs(self.shutdown_grace_secs.unwrap_or(30)),
+            threads,
             timeouts,
             providers,
         })

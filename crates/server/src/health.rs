@@ -86,13 +86,35 @@ enum Circuit {
 struct Entry {
     circuit: Circuit,
     consecutive_failures: u32,
-    /// (when, failed) of recent calls, within `window`.
-    recent: VecDeque<(Instant, bool)>,
+    /// Calls within `window` in one-second buckets: (bucket start, calls, failures).
+    /// Bounded by the window's seconds, whatever the request rate.
+    recent: VecDeque<(Instant, u32, u32)>,
+    /// Sums over `recent`.
+    window_calls: usize,
+    window_failures: usize,
     ttft_ewma_ms: Option<f64>,
     successes: u64,
     failures: u64,
     opened: u64,
     last_error: Option<String>,
+}
+
+/// `model`'s free-tier usage, created on first use.
+fn free_entry<'a>(map: &'a mut HashMap<String, FreeUsage>, model: &str) -> &'a mut FreeUsage {
+    if !map.contains_key(model) {
+        map.insert(model.to_owned(), FreeUsage::default());
+    }
+    map.get_mut(model)
+        .unwrap_or_else(|| unreachable!("inserted above"))
+}
+
+/// `model`'s entry, created on first use (without allocating a key for a known model).
+fn entry<'a>(map: &'a mut HashMap<String, Entry>, model: &str) -> &'a mut Entry {
+    if !map.contains_key(model) {
+        map.insert(model.to_owned(), Entry::new());
+    }
+    map.get_mut(model)
+        .unwrap_or_else(|| unreachable!("inserted above"))
 }
 
 impl Entry {
@@ -101,6 +123,8 @@ impl Entry {
             circuit: Circuit::Closed,
             consecutive_failures: 0,
             recent: VecDeque::new(),
+            window_calls: 0,
+            window_failures: 0,
             ttft_ewma_ms: None,
             successes: 0,
             failures: 0,
@@ -110,22 +134,71 @@ impl Entry {
     }
 
     fn prune(&mut self, now: Instant, window: Duration) {
-        while let Some((t, _)) = self.recent.front() {
-            if now.duration_since(*t) > window {
+        while let Some(&(t, calls, failures)) = self.recent.front() {
+            if now.duration_since(t) > window {
+                self.window_calls -= calls as usize;
+                self.window_failures -= failures as usize;
                 self.recent.pop_front();
             } else {
                 break;
             }
         }
     }
+
+    fn record(&mut self, now: Instant, failed: bool) {
+        let f = u32::from(failed);
+        match self.recent.back_mut() {
+            Some(b) if now.duration_since(b.0) < Duration::from_secs(1) => {
+                b.1 += 1;
+                b.2 += f;
+            }
+            _ => self.recent.push_back((now, 1, f)),
+        }
+        self.window_calls += 1;
+        self.window_failures += f as usize;
+    }
+}
+
+/// Amounts over the last minute in 100 ms buckets: memory bounded by 601 buckets
+/// whatever the rate (one entry per request held a million entries at 16k requests/s).
+#[derive(Debug, Default)]
+struct Minute {
+    /// (bucket start ms, amount), oldest first.
+    buckets: VecDeque<(i64, u64)>,
+    total: u64,
+}
+
+impl Minute {
+    const BUCKET_MS: i64 = 100;
+
+    fn add(&mut self, ms: i64, amount: u64) {
+        let start = ms - ms.rem_euclid(Self::BUCKET_MS);
+        match self.buckets.back_mut() {
+            Some(b) if b.0 == start => b.1 += amount,
+            _ => self.buckets.push_back((start, amount)),
+        }
+        self.total += amount;
+    }
+
+    /// Drops buckets that hold nothing of the minute before `ms` (a bucket leaves at
+    /// most 100 ms late: counts err on the side of "used").
+    fn roll(&mut self, ms: i64) {
+        while let Some(&(start, n)) = self.buckets.front() {
+            if start + Self::BUCKET_MS > ms - 60_000 {
+                break;
+            }
+            self.total -= n;
+            self.buckets.pop_front();
+        }
+    }
 }
 
 #[derive(Debug, Default)]
 struct FreeUsage {
-    /// Wall-clock ms of requests in the last minute.
-    minute_requests: VecDeque<i64>,
-    /// (ms, tokens) in the last minute.
-    minute_tokens: VecDeque<(i64, u64)>,
+    /// Requests in the last minute.
+    minute_requests: Minute,
+    /// Tokens in the last minute.
+    minute_tokens: Minute,
     day: Option<NaiveDate>,
     day_requests: u64,
     day_tokens: u64,
@@ -137,20 +210,8 @@ struct FreeUsage {
 impl FreeUsage {
     fn roll(&mut self, now: DateTime<Utc>) {
         let ms = now.timestamp_millis();
-        while self
-            .minute_requests
-            .front()
-            .is_some_and(|t| ms - t >= 60_000)
-        {
-            self.minute_requests.pop_front();
-        }
-        while self
-            .minute_tokens
-            .front()
-            .is_some_and(|(t, _)| ms - t >= 60_000)
-        {
-            self.minute_tokens.pop_front();
-        }
+        self.minute_requests.roll(ms);
+        self.minute_tokens.roll(ms);
         let today = now.date_naive();
         if self.day != Some(today) {
             self.day = Some(today);
@@ -253,7 +314,7 @@ impl Health {
         let Ok(mut map) = self.models.lock() else {
             return Ok(Permit { probe: false });
         };
-        let e = map.entry(model.to_owned()).or_insert_with(Entry::new);
+        let e = entry(&mut map, model);
         let now = Instant::now();
         match &e.circuit {
             Circuit::Closed => Ok(Permit { probe: false }),
@@ -274,10 +335,10 @@ impl Health {
         let Ok(mut map) = self.models.lock() else {
             return;
         };
-        let e = map.entry(model.to_owned()).or_insert_with(Entry::new);
+        let e = entry(&mut map, model);
         let now = Instant::now();
         e.prune(now, self.cfg.window);
-        e.recent.push_back((now, false));
+        e.record(now, false);
         e.successes += 1;
         e.consecutive_failures = 0;
         e.circuit = Circuit::Closed;
@@ -297,15 +358,15 @@ impl Health {
             return;
         };
         let cfg = self.cfg;
-        let e = map.entry(model.to_owned()).or_insert_with(Entry::new);
+        let e = entry(&mut map, model);
         let now = Instant::now();
         e.prune(now, cfg.window);
-        e.recent.push_back((now, true));
+        e.record(now, true);
         e.failures += 1;
         e.consecutive_failures += 1;
         e.last_error = Some(why.to_owned());
-        let failed = e.recent.iter().filter(|(_, f)| *f).count();
-        let calls = e.recent.len();
+        let failed = e.window_failures;
+        let calls = e.window_calls;
         let reason = match &e.circuit {
             Circuit::HalfOpen { .. } => Some(format!("probe failed: {why}")),
             Circuit::Open { .. } => None,
@@ -370,13 +431,9 @@ impl Health {
             }
             u.throttled_until_ms = None;
         }
-        let minute_tokens: u64 = u.minute_tokens.iter().map(|(_, n)| n).sum();
+        let minute_tokens = u.minute_tokens.total;
         let checks = [
-            (
-                limits.rpm,
-                u.minute_requests.len() as u64,
-                "requests per minute",
-            ),
+            (limits.rpm, u.minute_requests.total, "requests per minute"),
             (limits.rpd, u.day_requests, "requests today"),
             (limits.tpm, minute_tokens, "tokens per minute"),
             (limits.daily_tokens, u.day_tokens, "tokens today"),
@@ -397,9 +454,9 @@ impl Health {
     /// requests see it).
     pub fn free_request(&self, model: &str, now: DateTime<Utc>) {
         if let Ok(mut map) = self.free.lock() {
-            let u = map.entry(model.to_owned()).or_default();
+            let u = free_entry(&mut map, model);
             u.roll(now);
-            u.minute_requests.push_back(now.timestamp_millis());
+            u.minute_requests.add(now.timestamp_millis(), 1);
             u.day_requests += 1;
         }
     }
@@ -407,9 +464,9 @@ impl Health {
     /// Counts the tokens a request to `model` used.
     pub fn free_tokens(&self, model: &str, tokens: u64, now: DateTime<Utc>) {
         if let Ok(mut map) = self.free.lock() {
-            let u = map.entry(model.to_owned()).or_default();
+            let u = free_entry(&mut map, model);
             u.roll(now);
-            u.minute_tokens.push_back((now.timestamp_millis(), tokens));
+            u.minute_tokens.add(now.timestamp_millis(), tokens);
             u.day_tokens += tokens;
             u.total_tokens += tokens;
         }
@@ -444,8 +501,8 @@ impl Health {
                     model: name.clone(),
                     state,
                     consecutive_failures: e.consecutive_failures,
-                    window_calls: e.recent.len(),
-                    window_failures: e.recent.iter().filter(|(_, f)| *f).count(),
+                    window_calls: e.window_calls,
+                    window_failures: e.window_failures,
                     ttft_ewma_ms: e.ttft_ewma_ms.map(|v| (v * 10.0).round() / 10.0),
                     successes: e.successes,
                     failures: e.failures,
@@ -465,8 +522,8 @@ impl Health {
                     u.roll(now);
                     free_tiers.push(FreeRow {
                         model: name.clone(),
-                        requests_last_minute: u.minute_requests.len(),
-                        tokens_last_minute: u.minute_tokens.iter().map(|(_, n)| n).sum(),
+                        requests_last_minute: u.minute_requests.total as usize,
+                        tokens_last_minute: u.minute_tokens.total,
                         requests_today: u.day_requests,
                         tokens_today: u.day_tokens,
                         tokens_total: u.total_tokens,

@@ -141,6 +141,13 @@ async fn models(
 /// Serves `app` on `listener` until `shutdown` resolves, then stops accepting and lets
 /// in-flight requests and streams finish for up to the configured grace period.
 ///
+/// The connections are served by `config.threads` threads, each running its own
+/// single-threaded event loop (thread per core, as nginx runs a worker process per
+/// core): a connection, its request, the upstream call on that thread's own connection
+/// pool and the ledger append all stay on one thread, so serving a request wakes no
+/// other thread. Every thread accepts from the same listening socket; a busy thread
+/// accepts less, so new connections go to the idle one.
+///
 /// Connections are served by hyper directly (HTTP/1.1, and HTTP/2 with prior knowledge,
 /// h2c) rather than through `axum::serve`, to bound what each connection may hold: a
 /// 64 KiB read buffer, 30 s to send the request head (a slow-loris client cannot hold a
@@ -149,6 +156,60 @@ pub async fn run(
     listener: tokio::net::TcpListener,
     state: Arc<AppState>,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let threads = state.config.threads.max(1);
+    let grace = state.config.shutdown_grace;
+    let listener = listener.into_std()?;
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let mut done = Vec::with_capacity(threads);
+    for slot in 0..threads {
+        let listener = listener.try_clone()?;
+        let state = state.clone();
+        let mut stop = stop_rx.clone();
+        let (done_tx, done_rx) = tokio::sync::oneshot::channel();
+        std::thread::Builder::new()
+            .name(format!("tollgate-http-{slot}"))
+            .spawn(move || {
+                let result = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .and_then(|rt| {
+                        upstream::set_thread_slot(slot);
+                        rt.block_on(async move {
+                            let listener = tokio::net::TcpListener::from_std(listener)?;
+                            let stop = async move {
+                                let _ = stop.wait_for(|s| *s).await;
+                            };
+                            serve_loop(listener, state, stop).await
+                        })
+                    });
+                let _ = done_tx.send(result);
+            })?;
+        done.push(done_rx);
+    }
+    drop(listener);
+    shutdown.await;
+    tracing::info!(
+        grace_secs = grace.as_secs(),
+        "shutting down: draining in-flight requests"
+    );
+    let _ = stop_tx.send(true);
+    let mut result = Ok(());
+    for d in done {
+        match d.await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => result = Err(e),
+            Err(_) => result = Err(std::io::Error::other("a serving thread panicked")),
+        }
+    }
+    result
+}
+
+/// One serving thread's accept loop, on its own event loop.
+async fn serve_loop(
+    listener: tokio::net::TcpListener,
+    state: Arc<AppState>,
+    shutdown: impl std::future::Future<Output = ()>,
 ) -> std::io::Result<()> {
     use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
     let grace = state.config.shutdown_grace;
@@ -184,10 +245,6 @@ pub async fn run(
         });
     }
     drop(listener);
-    tracing::info!(
-        grace_secs = grace.as_secs(),
-        "shutting down: draining in-flight requests"
-    );
     tokio::select! {
         _ = graceful.shutdown() => {}
         _ = tokio::time::sleep(grace) => {

@@ -132,7 +132,7 @@ pub fn load_catalog(config: &Config) -> Result<Catalog, String> {
 impl AppState {
     /// Builds the state; fails when a provider's codec is missing.
     pub fn new(config: Config, stores: Stores) -> Result<Arc<Self>, String> {
-        let upstream = Upstream::new(config.timeouts)?;
+        let upstream = Upstream::new(config.timeouts, config.threads)?;
         let catalog = Arc::new(load_catalog(&config)?);
         let mut providers = BTreeMap::new();
         let mut by_model: HashMap<String, Vec<Arc<Provider>>> = HashMap::new();

@@ -19,10 +19,25 @@ use crate::config::Timeouts;
 
 type Connector = hyper_rustls::HttpsConnector<HttpConnector>;
 
-/// The pooled client.
+type HttpClient = Client<Connector, Full<Bytes>>;
+
+thread_local! {
+    /// Which of [`Upstream`]'s pools this thread uses (see [`set_thread_slot`]).
+    static SLOT: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+}
+
+/// Tells the upstream client which connection pool the calling thread owns. Each serving
+/// thread runs its own event loop; a pooled connection is driven by a task on the loop
+/// that opened it, so a thread that used another thread's connections would wake that
+/// thread for every read and write. Threads that never call this share pool 0.
+pub fn set_thread_slot(slot: usize) {
+    SLOT.with(|s| s.set(slot));
+}
+
+/// The pooled clients: one connection pool per serving thread.
 #[derive(Clone)]
 pub struct Upstream {
-    client: Client<Connector, Full<Bytes>>,
+    clients: std::sync::Arc<[HttpClient]>,
     tls: std::sync::Arc<rustls::ClientConfig>,
     pub timeouts: Timeouts,
 }
@@ -45,7 +60,8 @@ pub struct UpstreamResponse {
 }
 
 impl Upstream {
-    pub fn new(timeouts: Timeouts) -> Result<Self, String> {
+    /// A client with `pools` connection pools (one per serving thread, at least one).
+    pub fn new(timeouts: Timeouts, pools: usize) -> Result<Self, String> {
         let mut http = HttpConnector::new();
         http.set_connect_timeout(Some(timeouts.connect));
         http.set_nodelay(true);
@@ -60,11 +76,15 @@ impl Upstream {
         // A fixed 4 KiB read buffer per upstream connection: stream events are small, and
         // hyper's adaptive buffer otherwise grows to ~25 KiB per open stream (memory per
         // open stream is what bounds how many a small box can relay).
-        let client = Client::builder(TokioExecutor::new())
-            .pool_idle_timeout(std::time::Duration::from_secs(90))
-            .pool_max_idle_per_host(256)
-            .http1_read_buf_exact_size(4 * 1024)
-            .build(tls);
+        let clients: Vec<HttpClient> = (0..pools.max(1))
+            .map(|_| {
+                Client::builder(TokioExecutor::new())
+                    .pool_idle_timeout(std::time::Duration::from_secs(90))
+                    .pool_max_idle_per_host(256)
+                    .http1_read_buf_exact_size(4 * 1024)
+                    .build(tls.clone())
+            })
+            .collect();
         let roots =
             rustls::RootCertStore::from_iter(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
         let ws_tls = rustls::ClientConfig::builder_with_provider(rustls_ring_provider())
@@ -73,10 +93,15 @@ impl Upstream {
             .with_root_certificates(roots)
             .with_no_client_auth();
         Ok(Upstream {
-            client,
+            clients: clients.into(),
             tls: std::sync::Arc::new(ws_tls),
             timeouts,
         })
+    }
+
+    fn client(&self) -> &HttpClient {
+        let slot = SLOT.with(std::cell::Cell::get);
+        &self.clients[slot % self.clients.len()]
     }
 
     /// Opens a WebSocket and sends the request frame. A refused handshake (the vendor's
@@ -192,24 +217,22 @@ impl Upstream {
                     format!("invalid upstream request: {e}"),
                 )
             })?;
-        let resp = match tokio::time::timeout(
-            self.timeouts.first_byte,
-            self.client.request(request),
-        )
-        .await
-        {
-            Err(_) => {
-                return Err(UpstreamError::new(
-                    UpstreamErrorKind::Timeout,
-                    format!(
-                        "no response within {} ms",
-                        self.timeouts.first_byte.as_millis()
-                    ),
-                ))
-            }
-            Ok(Err(e)) => return Err(classify_client_error(&e)),
-            Ok(Ok(r)) => r,
-        };
+        let resp =
+            match tokio::time::timeout(self.timeouts.first_byte, self.client().request(request))
+                .await
+            {
+                Err(_) => {
+                    return Err(UpstreamError::new(
+                        UpstreamErrorKind::Timeout,
+                        format!(
+                            "no response within {} ms",
+                            self.timeouts.first_byte.as_millis()
+                        ),
+                    ))
+                }
+                Ok(Err(e)) => return Err(classify_client_error(&e)),
+                Ok(Ok(r)) => r,
+            };
         let status = resp.status().as_u16();
         let header = |name: &str| {
             resp.headers()

@@ -33,6 +33,11 @@ use crate::{LedgerRow, LedgerStore, StoreError};
 /// Size after which the gateway starts a new segment (the old one is imported and deleted).
 pub const ROTATE_BYTES: u64 = 8 * 1024 * 1024;
 
+/// Bytes read from a segment at a time.
+const CHUNK: usize = 64 * 1024;
+/// Rows handed to the store per transaction.
+const BATCH: usize = 512;
+
 /// The journal directory of a data directory.
 pub fn journal_dir(data_dir: &Path) -> PathBuf {
     data_dir.join("journal")
@@ -192,31 +197,51 @@ impl Importer {
             let start = self.read_to.get(&path).copied().unwrap_or(0);
             file.seek(SeekFrom::Start(start))
                 .map_err(|e| io_err(&path, e))?;
-            let mut buf = Vec::new();
-            file.read_to_end(&mut buf).map_err(|e| io_err(&path, e))?;
-            let complete = buf.iter().rposition(|&b| b == b'\n').map_or(0, |i| i + 1);
-            let mut rows = Vec::new();
-            for line in buf[..complete].split(|&b| b == b'\n') {
-                if line.is_empty() {
-                    continue;
+            // Read in bounded chunks and hand the store bounded batches: the importer's
+            // memory stays small however far behind it is (one large transient buffer
+            // per tick made the allocator keep growing the heap).
+            let mut pending: Vec<u8> = Vec::with_capacity(CHUNK);
+            let mut chunk = vec![0u8; CHUNK];
+            let mut rows = Vec::with_capacity(BATCH);
+            let mut consumed: u64 = 0;
+            loop {
+                let n = file.read(&mut chunk).map_err(|e| io_err(&path, e))?;
+                if n == 0 {
+                    break;
                 }
-                match serde_json::from_slice::<LedgerRow>(line) {
-                    Ok(r) => rows.push(r),
-                    Err(e) => {
-                        done.bad_lines += 1;
-                        tracing::error!(segment = %path.display(), error = %e, "a journal line is not a ledger row; skipped");
+                pending.extend_from_slice(&chunk[..n]);
+                let Some(last_nl) = pending.iter().rposition(|&b| b == b'\n') else {
+                    continue;
+                };
+                for line in pending[..last_nl].split(|&b| b == b'\n') {
+                    if line.is_empty() {
+                        continue;
+                    }
+                    match serde_json::from_slice::<LedgerRow>(line) {
+                        Ok(r) => rows.push(r),
+                        Err(e) => {
+                            done.bad_lines += 1;
+                            tracing::error!(segment = %path.display(), error = %e, "a journal line is not a ledger row; skipped");
+                        }
+                    }
+                    if rows.len() >= BATCH {
+                        store.replay(&rows)?;
+                        done.rows += rows.len();
+                        rows.clear();
                     }
                 }
+                consumed += last_nl as u64 + 1;
+                pending.drain(..=last_nl);
             }
             if !rows.is_empty() {
                 store.replay(&rows)?;
                 done.rows += rows.len();
             }
-            self.read_to.insert(path.clone(), start + complete as u64);
+            self.read_to.insert(path.clone(), start + consumed);
             if sealed {
-                if complete < buf.len() {
+                if !pending.is_empty() {
                     done.bad_lines += 1;
-                    tracing::error!(segment = %path.display(), bytes = buf.len() - complete,
+                    tracing::error!(segment = %path.display(), bytes = pending.len(),
                         "a journal segment ends in a partial line (a write cut short); skipped");
                 }
                 match std::fs::remove_file(&path) {
