@@ -484,7 +484,9 @@ pub async fn complete_routed(
             }
         };
         tried += 1;
-        state.health.free_request(&name, chrono::Utc::now());
+        if crate::route::has_free_tier(state, r.entry.as_deref(), || name.clone()) {
+            state.health.free_request(&name, chrono::Utc::now());
+        }
         let now = chrono::Utc::now();
         let dctx = DecodeCtx {
             request_id: rid.0.clone(),

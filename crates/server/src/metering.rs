@@ -114,12 +114,30 @@ fn amount_in(
         })
 }
 
-/// The budgets that apply to a key: its own and its group's.
-pub fn budgets_for(state: &AppState, key: &KeyRecord) -> Result<Vec<Budget>, GatewayError> {
-    budgets_for_config(&state.config, key).map_err(|e| {
+/// The budgets that apply to a key: its own and its group's. Parsed once per key and
+/// kept while the key's budget spec and group stay the same.
+pub fn budgets_for(state: &AppState, key: &KeyRecord) -> Result<Arc<Vec<Budget>>, GatewayError> {
+    if let Ok(m) = state.key_budgets.read() {
+        if let Some((spec, group, b)) = m.get(&key.id) {
+            if *spec == key.budget && *group == key.group {
+                return Ok(b.clone());
+            }
+        }
+    }
+    let b = Arc::new(budgets_for_config(&state.config, key).map_err(|e| {
         tracing::error!(key = %key.id, "{e}");
         GatewayError::internal()
-    })
+    })?);
+    if let Ok(mut m) = state.key_budgets.write() {
+        if m.len() > 100_000 {
+            m.clear();
+        }
+        m.insert(
+            key.id.clone(),
+            (key.budget.clone(), key.group.clone(), b.clone()),
+        );
+    }
+    Ok(b)
 }
 
 /// [`budgets_for`] from a config alone (for the CLI).
@@ -334,7 +352,7 @@ pub async fn admit(
         }
     };
     if let Some(e) = &entry {
-        for b in &budgets {
+        for b in budgets.iter() {
             if let Err(err) = ensure_loaded(state, b, key, now).await {
                 release_tokens(prompt_reserve + max_out);
                 return Err(err);
@@ -346,7 +364,7 @@ pub async fn admit(
                 GatewayError::internal()
             })?;
             let mut items = Vec::new();
-            for b in &budgets {
+            for b in budgets.iter() {
                 items.push((
                     b.id.clone(),
                     amount_in(state, &max.amount, b.limit.currency, now)?,
@@ -571,7 +589,7 @@ impl Ticket {
         self.settled = true;
         self.state.metrics.record(&row);
         self.state.ledger.append(&row).map_err(|e| {
-            tracing::error!(error = %e, request_id = %self.row.id, "ledger write failed");
+            tracing::error!(error = %e, request_id = %row.id, "ledger write failed");
             GatewayError::new(
                 ErrorKind::Internal,
                 "the gateway could not record this request; it was not delivered",
@@ -580,7 +598,7 @@ impl Ticket {
         Ok(priced)
     }
 
-    fn price_and_release(&self, outcome: &Outcome) -> (LedgerRow, Priced) {
+    fn price_and_release(&mut self, outcome: &Outcome) -> (LedgerRow, Priced) {
         let now = Utc::now();
         let (usage, source) = match (&outcome.usage, outcome.upstream_reached) {
             (Some(u), _) => (u.clone(), "vendor"),
@@ -594,7 +612,8 @@ impl Ticket {
             ),
             (None, false) => (Usage::default(), "none"),
         };
-        let mut row = self.row.clone();
+        // Settling happens once (settle or drop): the row moves out of the ticket.
+        let mut row = std::mem::take(&mut self.row);
         let mut priced = Priced {
             cost: None,
             conversion: None,
@@ -604,7 +623,7 @@ impl Ticket {
             match cost_of(
                 e,
                 &usage,
-                DateTime::from_timestamp_millis(self.row.ts_ms).unwrap_or(now),
+                DateTime::from_timestamp_millis(row.ts_ms).unwrap_or(now),
             ) {
                 Ok(c) => {
                     row.price_id = Some(c.price_id.clone());
@@ -660,13 +679,22 @@ impl Ticket {
         row.ttft_ms = outcome.ttft_ms;
         row.status = outcome.status.to_owned();
         row.http_status = i64::from(outcome.http_status);
-        let mut attempts = self.attempts.clone();
-        attempts.push(serde_json::json!({
-            "provider": row.provider, "model": row.model, "outcome": outcome.status,
-            "http_status": outcome.http_status, "latency_ms": row.latency_ms,
-        }));
-        row.attempts = serde_json::Value::Array(attempts).to_string();
-        if outcome.upstream_reached && usage.total_tokens() > 0 {
+        row.attempts = attempts_json(
+            &self.attempts,
+            &FinalAttempt {
+                provider: &row.provider,
+                model: &row.model,
+                outcome: outcome.status,
+                http_status: outcome.http_status,
+                latency_ms: row.latency_ms,
+            },
+        );
+        if outcome.upstream_reached
+            && usage.total_tokens() > 0
+            && crate::route::has_free_tier(&self.state, self.entry.as_deref(), || {
+                format!("{}/{}", row.provider, row.model)
+            })
+        {
             self.state.health.free_tokens(
                 &format!("{}/{}", row.provider, row.model),
                 usage.total_tokens(),
@@ -675,6 +703,30 @@ impl Ticket {
         }
         (row, priced)
     }
+}
+
+/// The last attempt of a request, as its ledger row's `attempts` records it.
+#[derive(serde::Serialize)]
+struct FinalAttempt<'a> {
+    provider: &'a str,
+    model: &'a str,
+    outcome: &'a str,
+    http_status: u16,
+    latency_ms: i64,
+}
+
+/// `[earlier..., last]` as JSON text, without building a `serde_json::Value`. (Writing
+/// these into a `Vec` cannot fail: no I/O, and every map key is a string.)
+fn attempts_json(earlier: &[serde_json::Value], last: &FinalAttempt<'_>) -> String {
+    let mut out = Vec::with_capacity(128);
+    out.push(b'[');
+    for a in earlier {
+        let _ = serde_json::to_writer(&mut out, a);
+        out.push(b',');
+    }
+    let _ = serde_json::to_writer(&mut out, last);
+    out.push(b']');
+    String::from_utf8(out).unwrap_or_else(|_| "[]".to_owned())
 }
 
 impl Drop for Ticket {

@@ -156,6 +156,18 @@ pub fn currency(state: &AppState) -> Currency {
 }
 
 /// The free-tier limits tollgate enforces for a candidate: config's, else the catalog's.
+/// Whether `provider/model` has free-tier limits (the catalog's or the config's), so its
+/// usage must be counted. Other models are only marked used up by a vendor's 429.
+pub fn has_free_tier(
+    state: &AppState,
+    entry: Option<&tollgate_core::catalog::ModelEntry>,
+    name: impl FnOnce() -> String,
+) -> bool {
+    entry.is_some_and(|e| e.free_tier.is_some())
+        || (!state.config.routing.free_tiers.is_empty()
+            && state.config.routing.free_tiers.contains_key(&name()))
+}
+
 pub fn free_limits(state: &AppState, r: &Resolved) -> Option<FreeLimits> {
     if let Some(l) = state.config.routing.free_tiers.get(&r.name()) {
         return Some(*l);

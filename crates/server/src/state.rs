@@ -64,6 +64,13 @@ impl Resolved {
     }
 }
 
+/// A key's budgets as parsed from its spec and group (both kept to notice a change).
+pub type KeyBudgets = (
+    Option<tollgate_store::BudgetSpec>,
+    Option<String>,
+    Arc<Vec<crate::budget::Budget>>,
+);
+
 /// The stores the gateway writes to.
 pub struct Stores {
     pub keys: Arc<dyn KeyStore>,
@@ -100,6 +107,8 @@ pub struct AppState {
     /// Bare model id → providers serving it.
     by_model: HashMap<String, Vec<Arc<Provider>>>,
     pub keys: KeyCache,
+    /// Parsed budgets per key id, with the spec and group they were parsed from.
+    pub key_budgets: RwLock<HashMap<String, KeyBudgets>>,
     pub store: Arc<dyn KeyStore>,
     pub ledger_store: Arc<dyn LedgerStore>,
     pub ledger: LedgerWriter,
@@ -201,6 +210,7 @@ impl AppState {
             providers,
             by_model,
             keys: KeyCache::new(Duration::from_millis(500)),
+            key_budgets: RwLock::new(HashMap::new()),
             store: stores.keys,
             ledger_store: stores.ledger,
             ledger,
@@ -280,7 +290,7 @@ impl AppState {
     pub async fn authenticate(
         self: &Arc<Self>,
         presented: Option<&str>,
-    ) -> Result<KeyRecord, GatewayError> {
+    ) -> Result<Arc<KeyRecord>, GatewayError> {
         let key = presented.filter(|k| !k.is_empty()).ok_or_else(|| {
             GatewayError::unauthenticated(
                 "You didn't provide an API key. Send it as 'Authorization: Bearer KEY'.",
@@ -299,6 +309,7 @@ impl AppState {
                         tracing::error!(error = %e, "key lookup failed");
                         GatewayError::internal()
                     })?;
+                let found = found.map(Arc::new);
                 self.keys.put(hash, found.clone());
                 found
             }
@@ -313,12 +324,15 @@ impl AppState {
     }
 }
 
+/// When a key record was read, and the record (`None`: no such key).
+type CachedKey = (Instant, Option<Arc<KeyRecord>>);
+
 /// Key records by hash, each trusted for `ttl`: a key revoked elsewhere (the CLI, another
 /// replica) stops working within `ttl`. Unknown keys are cached too, so a flood of bad
 /// keys does not become a flood of database reads.
 pub struct KeyCache {
     ttl: Duration,
-    map: RwLock<HashMap<String, (Instant, Option<KeyRecord>)>>,
+    map: RwLock<HashMap<String, CachedKey>>,
 }
 
 impl KeyCache {
@@ -329,13 +343,13 @@ impl KeyCache {
         }
     }
 
-    fn get(&self, hash: &str) -> Option<Option<KeyRecord>> {
+    fn get(&self, hash: &str) -> Option<Option<Arc<KeyRecord>>> {
         let map = self.map.read().ok()?;
         let (at, rec) = map.get(hash)?;
         (at.elapsed() < self.ttl).then(|| rec.clone())
     }
 
-    pub fn put(&self, hash: String, rec: Option<KeyRecord>) {
+    pub fn put(&self, hash: String, rec: Option<Arc<KeyRecord>>) {
         if let Ok(mut map) = self.map.write() {
             if map.len() > 100_000 {
                 map.clear();
