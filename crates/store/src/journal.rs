@@ -82,6 +82,48 @@ impl Segment {
     }
 }
 
+/// A row as one JSON array, fields in [`LedgerRow`]'s declaration order: what a journal
+/// line holds. Without field names a line is ~40% shorter and cheaper to write and to
+/// read (serde's derived `Deserialize` for a struct takes the array in the same order;
+/// lines written as JSON objects are read too).
+struct Positional<'a>(&'a LedgerRow);
+
+impl serde::Serialize for Positional<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeTuple;
+        let r = self.0;
+        let mut t = s.serialize_tuple(27)?;
+        t.serialize_element(&r.id)?;
+        t.serialize_element(&r.ts_ms)?;
+        t.serialize_element(&r.key_id)?;
+        t.serialize_element(&r.key_name)?;
+        t.serialize_element(&r.group)?;
+        t.serialize_element(&r.requested_model)?;
+        t.serialize_element(&r.provider)?;
+        t.serialize_element(&r.model)?;
+        t.serialize_element(&r.price_id)?;
+        t.serialize_element(&r.prompt_tokens)?;
+        t.serialize_element(&r.completion_tokens)?;
+        t.serialize_element(&r.cached_tokens)?;
+        t.serialize_element(&r.cache_write_tokens)?;
+        t.serialize_element(&r.reasoning_tokens)?;
+        t.serialize_element(&r.usage_source)?;
+        t.serialize_element(&r.cost_nanos)?;
+        t.serialize_element(&r.cost_currency)?;
+        t.serialize_element(&r.report_cost_nanos)?;
+        t.serialize_element(&r.report_currency)?;
+        t.serialize_element(&r.fx_rate)?;
+        t.serialize_element(&r.fx_month)?;
+        t.serialize_element(&r.latency_ms)?;
+        t.serialize_element(&r.ttft_ms)?;
+        t.serialize_element(&r.status)?;
+        t.serialize_element(&r.http_status)?;
+        t.serialize_element(&r.stream)?;
+        t.serialize_element(&r.attempts)?;
+        t.end()
+    }
+}
+
 /// The writing side: appends rows to this process's segment.
 pub struct Journal {
     dir: PathBuf,
@@ -103,8 +145,8 @@ impl Journal {
     /// Appends one row: one `write(2)` of one line. When this returns `Ok`, the row
     /// survives the death of the process.
     pub fn append(&self, row: &LedgerRow) -> Result<(), StoreError> {
-        let mut line = Vec::with_capacity(640);
-        serde_json::to_writer(&mut line, row)
+        let mut line = Vec::with_capacity(512);
+        serde_json::to_writer(&mut line, &Positional(row))
             .map_err(|e| StoreError::Invalid(format!("cannot encode a ledger row: {e}")))?;
         line.push(b'\n');
         let seg = self.active.read().map_err(|_| StoreError::Poisoned)?;
@@ -351,6 +393,45 @@ mod tests {
         assert_eq!(segments(&dir), 0);
         assert_eq!(ids(&s), ["a", "b"]);
         std::fs::remove_dir_all(dir).ok();
+    }
+
+    #[test]
+    fn a_line_holds_every_field_in_order() {
+        let r = LedgerRow {
+            id: "req_1".into(),
+            ts_ms: 1,
+            key_id: "k".into(),
+            key_name: "name \"quoted\"".into(),
+            group: Some("g".into()),
+            requested_model: "rm".into(),
+            provider: "p".into(),
+            model: "m".into(),
+            price_id: Some("p/m@2025-01-01".into()),
+            prompt_tokens: 2,
+            completion_tokens: 3,
+            cached_tokens: 4,
+            cache_write_tokens: 5,
+            reasoning_tokens: 6,
+            usage_source: "vendor".into(),
+            cost_nanos: 7,
+            cost_currency: "CNY".into(),
+            report_cost_nanos: 8,
+            report_currency: "USD".into(),
+            fx_rate: Some("USD/CNY 7.1".into()),
+            fx_month: Some("2026-11".into()),
+            latency_ms: 9,
+            ttft_ms: Some(10),
+            status: "ok".into(),
+            http_status: 200,
+            stream: true,
+            attempts: "[{\"a\":1}]".into(),
+        };
+        let line = serde_json::to_vec(&Positional(&r)).unwrap();
+        assert_eq!(line[0], b'[');
+        assert_eq!(serde_json::from_slice::<LedgerRow>(&line).unwrap(), r);
+        // A line written as an object (an earlier build) still reads.
+        let obj = serde_json::to_vec(&r).unwrap();
+        assert_eq!(serde_json::from_slice::<LedgerRow>(&obj).unwrap(), r);
     }
 
     #[test]
