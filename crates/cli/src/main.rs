@@ -16,6 +16,13 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
 
+/// mimalloc: ~20% more requests/s than glibc's malloc on the bench box (allocation was a
+/// quarter of a request's instructions). Built with arena memory committed on demand
+/// (`.cargo/config.toml`): with mimalloc's default eager commit, RSS at 1,000 open
+/// streams was 120 MB instead of 80 MB.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// tollgate: one OpenAI-compatible endpoint in front of every major Chinese and US model
 /// vendor, that knows what every token costs and meters every request.
 #[derive(Debug, Parser)]
