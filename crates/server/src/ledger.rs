@@ -24,8 +24,9 @@ use std::time::{Duration, Instant};
 use tollgate_store::journal::{Importer, Journal, ROTATE_BYTES};
 use tollgate_store::{LedgerRow, LedgerStore};
 
-/// How often the importer moves journaled rows into the store.
-const IMPORT_EVERY: Duration = Duration::from_millis(100);
+/// How often the importer moves journaled rows into the store. Short, so each import is a
+/// short burst of CPU (at 100 ms, the bursts showed in the gateway's p99 on a 2-core box).
+const IMPORT_EVERY: Duration = Duration::from_millis(20);
 /// How often the store's housekeeping runs (SQLite: a passive WAL checkpoint).
 const MAINTAIN_EVERY: Duration = Duration::from_secs(1);
 

@@ -5,7 +5,7 @@
 //! database commit. Once the call returns, the row is in the kernel's page cache and
 //! survives the death of the process (`kill -9`), exactly like a committed SQLite WAL
 //! transaction with `synchronous = NORMAL` (neither survives a power cut without an
-//! `fsync`). An [`Importer`], run every ~100 ms by a background thread and before every
+//! `fsync`). An [`Importer`], run every ~20 ms by a background thread and before every
 //! read of the ledger, moves the journaled rows into the [`LedgerStore`] in large
 //! transactions ([`LedgerStore::replay`]: rows whose id is already there are skipped, so
 //! importing a line twice is harmless).
