@@ -818,6 +818,11 @@ mod tests {
         )
         .unwrap_err();
         assert!(e.contains("must list its models"), "{e}");
+        let e = Config::from_toml("threads = 0\n", env, Path::new(".")).unwrap_err();
+        assert_eq!(e, "threads: 0 is not between 1 and 256");
+        let c = Config::from_toml("threads = 3\n", env, Path::new(".")).unwrap();
+        assert_eq!(c.threads, 3);
+        assert!(Config::from_toml("", env, Path::new(".")).unwrap().threads >= 1);
     }
 
     #[test]
