@@ -419,7 +419,7 @@ def start_tollgate(tollgate, emu_port, tmp, keep_logs, extra_env=()):
         features.append("per-model RPM/TPM limits [limits]")
     usage = subprocess.run([tollgate, "--help"], capture_output=True, text=True).stdout
     if re.search(r"^\s+usage\b", usage, re.M):
-        features.append("durable SQLite ledger (group commit before the answer ends)")
+        features.append("durable ledger: journal append before the answer ends, imported into SQLite")
     features.append("request log at info level")
     return Target("tollgate", port, f"openai/{MODEL}", key, [p],
                   note="tollgate serve, bench/tollgate.toml"), features
