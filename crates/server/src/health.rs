@@ -159,46 +159,12 @@ impl Entry {
     }
 }
 
-/// Amounts over the last minute in 100 ms buckets: memory bounded by 601 buckets
-/// whatever the rate (one entry per request held a million entries at 16k requests/s).
-#[derive(Debug, Default)]
-struct Minute {
-    /// (bucket start ms, amount), oldest first.
-    buckets: VecDeque<(i64, u64)>,
-    total: u64,
-}
-
-impl Minute {
-    const BUCKET_MS: i64 = 100;
-
-    fn add(&mut self, ms: i64, amount: u64) {
-        let start = ms - ms.rem_euclid(Self::BUCKET_MS);
-        match self.buckets.back_mut() {
-            Some(b) if b.0 == start => b.1 += amount,
-            _ => self.buckets.push_back((start, amount)),
-        }
-        self.total += amount;
-    }
-
-    /// Drops buckets that hold nothing of the minute before `ms` (a bucket leaves at
-    /// most 100 ms late: counts err on the side of "used").
-    fn roll(&mut self, ms: i64) {
-        while let Some(&(start, n)) = self.buckets.front() {
-            if start + Self::BUCKET_MS > ms - 60_000 {
-                break;
-            }
-            self.total -= n;
-            self.buckets.pop_front();
-        }
-    }
-}
-
 #[derive(Debug, Default)]
 struct FreeUsage {
     /// Requests in the last minute.
-    minute_requests: Minute,
+    minute_requests: crate::window::Minute,
     /// Tokens in the last minute.
-    minute_tokens: Minute,
+    minute_tokens: crate::window::Minute,
     day: Option<NaiveDate>,
     day_requests: u64,
     day_tokens: u64,
@@ -431,9 +397,9 @@ impl Health {
             }
             u.throttled_until_ms = None;
         }
-        let minute_tokens = u.minute_tokens.total;
+        let minute_tokens = u.minute_tokens.total();
         let checks = [
-            (limits.rpm, u.minute_requests.total, "requests per minute"),
+            (limits.rpm, u.minute_requests.total(), "requests per minute"),
             (limits.rpd, u.day_requests, "requests today"),
             (limits.tpm, minute_tokens, "tokens per minute"),
             (limits.daily_tokens, u.day_tokens, "tokens today"),
@@ -522,8 +488,8 @@ impl Health {
                     u.roll(now);
                     free_tiers.push(FreeRow {
                         model: name.clone(),
-                        requests_last_minute: u.minute_requests.total as usize,
-                        tokens_last_minute: u.minute_tokens.total,
+                        requests_last_minute: u.minute_requests.total() as usize,
+                        tokens_last_minute: u.minute_tokens.total(),
                         requests_today: u.day_requests,
                         tokens_today: u.day_tokens,
                         tokens_total: u.total_tokens,

@@ -17,6 +17,7 @@
 //! - [`api`]: `GET /v1/prices` and `GET /admin/usage`; [`reports`] builds the usage tables.
 //! - [`upstream`]: the one pooled upstream client with its timeouts.
 //! - [`error`]: the one mapping from errors to HTTP responses.
+//! - [`window`]: a sliding minute in 100 ms buckets (rate limits, free-tier counters).
 //!
 //! [`app`] builds the router (tests drive it with `oneshot`); [`run`] serves it on a
 //! listener until a shutdown future resolves, then drains in-flight requests.
@@ -38,6 +39,7 @@ pub mod route;
 pub mod state;
 pub mod tokens;
 pub mod upstream;
+pub mod window;
 pub mod wire;
 
 use std::sync::atomic::{AtomicU64, Ordering};

@@ -1,11 +1,11 @@
 //! Rate limits: requests per minute and tokens per minute, per key and per model.
 //!
-//! Requests use a sliding window of 100 ms buckets: a request is admitted when fewer
+//! Requests use a sliding [`Minute`] of 100 ms buckets: a request is admitted when fewer
 //! than `rpm` requests were admitted in the buckets that overlap the 60 seconds before
 //! it, so no 60-second window ever holds more than `rpm` (a token bucket would let twice
 //! that through around a refill); a bucket leaves the window at most 100 ms later than
-//! an exact log's entry would. Memory per scope is bounded by the 601 buckets, whatever
-//! the rate (an exact log held one timestamp per request: 16 MB per scope at 16k/s).
+//! an exact log's entry would. Memory per scope is bounded whatever the rate (an exact
+//! log held one timestamp per request: 16 MB per scope at 16k requests/s).
 //! Tokens use a sliding window of one-second buckets: the request's worst case
 //! (prompt + max output) is reserved at admission and corrected to the vendor's usage
 //! at settlement. Checks across scopes (key, model) are all-or-none.
@@ -13,9 +13,7 @@
 use std::collections::{HashMap, VecDeque};
 use std::sync::Mutex;
 
-const WINDOW_MS: i64 = 60_000;
-/// Width of a request-count bucket.
-const BUCKET_MS: i64 = 100;
+use crate::window::Minute;
 
 /// Limits of one scope.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -26,25 +24,15 @@ pub struct Spec {
 
 #[derive(Debug, Default)]
 struct Window {
-    /// (bucket start ms, requests admitted in it), oldest first.
-    requests: VecDeque<(i64, u32)>,
-    /// Sum of `requests`.
-    request_count: u64,
+    /// Requests admitted in the last minute.
+    requests: Minute,
     /// (second, tokens)
     tokens: VecDeque<(i64, u64)>,
 }
 
 impl Window {
     fn prune(&mut self, now_ms: i64) {
-        // A bucket [s, s + 100) can hold a request of the window (now - 60 s, now] until
-        // s + 100 <= now - 60 s.
-        while let Some(&(s, n)) = self.requests.front() {
-            if s + BUCKET_MS > now_ms - WINDOW_MS {
-                break;
-            }
-            self.request_count -= u64::from(n);
-            self.requests.pop_front();
-        }
+        self.requests.roll(now_ms);
         let now_s = now_ms.div_euclid(1000);
         while self.tokens.front().is_some_and(|(s, _)| *s <= now_s - 60) {
             self.tokens.pop_front();
@@ -108,9 +96,9 @@ impl Limits {
             };
             w.prune(now_ms);
             if let Some(rpm) = spec.rpm {
-                if w.request_count >= u64::from(rpm) {
-                    let oldest = w.requests.front().map_or(now_ms, |b| b.0);
-                    let wait = (oldest + BUCKET_MS + WINDOW_MS - now_ms).max(1);
+                if w.requests.total() >= u64::from(rpm) {
+                    let leaves = w.requests.oldest_leaves_at().unwrap_or(now_ms);
+                    let wait = (leaves - now_ms).max(1);
                     return Err(Refusal {
                         tokens: false,
                         message: format!("Rate limit reached for {id}: {rpm} requests per minute. Retry after {}s.", ceil_s(wait)),
@@ -157,12 +145,7 @@ impl Limits {
                 continue;
             };
             if spec.rpm.is_some() {
-                let start = now_ms - now_ms.rem_euclid(BUCKET_MS);
-                match w.requests.back_mut() {
-                    Some(b) if b.0 == start => b.1 += 1,
-                    _ => w.requests.push_back((start, 1)),
-                }
-                w.request_count += 1;
+                w.requests.add(now_ms, 1);
             }
             if spec.tpm.is_some() {
                 add_tokens(w, now_ms.div_euclid(1000), tokens as i64);
@@ -211,8 +194,8 @@ fn ceil_s(ms: i64) -> u64 {
 fn remaining(w: &Window, spec: Spec, now_ms: i64) -> Remaining {
     let req_reset = w
         .requests
-        .front()
-        .map(|b| b.0 + BUCKET_MS + WINDOW_MS - now_ms)
+        .oldest_leaves_at()
+        .map(|t| t - now_ms)
         .unwrap_or(0)
         .max(0);
     let tok_reset = w
@@ -225,7 +208,7 @@ fn remaining(w: &Window, spec: Spec, now_ms: i64) -> Remaining {
         spec,
         requests_left: spec
             .rpm
-            .map(|r| u64::from(r).saturating_sub(w.request_count) as u32)
+            .map(|r| u64::from(r).saturating_sub(w.requests.total()) as u32)
             .unwrap_or(0),
         requests_reset_ms: req_reset,
         tokens_left: spec
@@ -307,8 +290,8 @@ mod tests {
         }
         let m = l.windows.lock().unwrap();
         let w = m.get("key k").unwrap();
-        assert_eq!(w.request_count, 100_000);
-        assert!(w.requests.len() <= 601);
+        assert_eq!(w.requests.total(), 100_000);
+        assert!(w.requests.buckets() <= 601);
     }
 
     #[test]

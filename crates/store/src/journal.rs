@@ -310,34 +310,11 @@ mod tests {
     use crate::{LedgerFilter, SqliteStore};
 
     fn tmp() -> PathBuf {
-        let d = std::env::temp_dir().join(format!(
-            "tollgate-journal-test-{}-{}",
-            std::process::id(),
-            SEGMENT_SEQ.fetch_add(1, Ordering::Relaxed)
-        ));
-        std::fs::create_dir_all(&d).unwrap();
-        d
+        crate::testing::tmp_dir("journal")
     }
 
     fn row(id: &str, cost: i64) -> LedgerRow {
-        LedgerRow {
-            id: id.into(),
-            ts_ms: 1_000,
-            key_id: "k1".into(),
-            key_name: "n".into(),
-            requested_model: "m".into(),
-            provider: "deepseek".into(),
-            model: "deepseek-chat".into(),
-            usage_source: "vendor".into(),
-            cost_nanos: cost,
-            cost_currency: "CNY".into(),
-            report_currency: "CNY".into(),
-            report_cost_nanos: cost,
-            status: "ok".into(),
-            http_status: 200,
-            attempts: "[]".into(),
-            ..Default::default()
-        }
+        crate::testing::row(id, 1_000, cost)
     }
 
     fn ids(s: &SqliteStore) -> Vec<String> {

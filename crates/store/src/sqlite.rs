@@ -414,13 +414,7 @@ mod tests {
     use super::*;
 
     fn tmp() -> PathBuf {
-        let d = std::env::temp_dir().join(format!(
-            "tollgate-store-test-{}-{}",
-            std::process::id(),
-            new_id("t", chrono::Utc::now().timestamp_millis()).unwrap()
-        ));
-        std::fs::create_dir_all(&d).unwrap();
-        d
+        crate::testing::tmp_dir("store")
     }
 
     #[test]
@@ -461,24 +455,7 @@ mod tests {
     fn ledger_appends_reads_and_refuses_edits() {
         let dir = tmp();
         let s = SqliteStore::open(&dir).unwrap();
-        let row = |id: &str, ts: i64, cost: i64| LedgerRow {
-            id: id.into(),
-            ts_ms: ts,
-            key_id: "k1".into(),
-            key_name: "n".into(),
-            requested_model: "m".into(),
-            provider: "deepseek".into(),
-            model: "deepseek-chat".into(),
-            usage_source: "vendor".into(),
-            cost_nanos: cost,
-            cost_currency: "CNY".into(),
-            report_currency: "CNY".into(),
-            report_cost_nanos: cost,
-            status: "ok".into(),
-            http_status: 200,
-            attempts: "[]".into(),
-            ..Default::default()
-        };
+        let row = crate::testing::row;
         s.append(&[row("a", 10, 5), row("b", 20, 7)]).unwrap();
         // A batch with a duplicate id is refused whole.
         assert!(s.append(&[row("c", 30, 1), row("a", 40, 1)]).is_err());
