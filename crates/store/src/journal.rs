@@ -173,16 +173,6 @@ impl Journal {
         *seg = new;
         Ok(true)
     }
-
-    /// The path of the segment being written.
-    pub fn active_path(&self) -> Result<PathBuf, StoreError> {
-        Ok(self
-            .active
-            .read()
-            .map_err(|_| StoreError::Poisoned)?
-            .path
-            .clone())
-    }
 }
 
 /// What one import did.
@@ -237,6 +227,10 @@ impl Importer {
             // line to this segment any more, so reading to its end reads all of it.
             let sealed = file.try_lock().is_ok();
             let start = self.read_to.get(&path).copied().unwrap_or(0);
+            let len = file.metadata().map_err(|e| io_err(&path, e))?.len();
+            if len <= start && !sealed {
+                continue; // nothing new in a live segment
+            }
             file.seek(SeekFrom::Start(start))
                 .map_err(|e| io_err(&path, e))?;
             // Read in bounded chunks and hand the store bounded batches: the importer's
