@@ -190,18 +190,40 @@ pub async fn run(
         done.push(done_rx);
     }
     drop(listener);
-    shutdown.await;
-    tracing::info!(
-        grace_secs = grace.as_secs(),
-        "shutting down: draining in-flight requests"
-    );
-    let _ = stop_tx.send(true);
+    let outcome = |r: Result<std::io::Result<()>, _>| match r {
+        Ok(r) => r,
+        Err(_) => Err(std::io::Error::other("a serving thread panicked")),
+    };
     let mut result = Ok(());
+    // Until the shutdown signal, or until a serving thread stops on its own (it cannot
+    // build its event loop, or it panicked): then everything stops, rather than serving
+    // on with part of the threads.
+    let early = {
+        let any = futures_util::future::select_all(done.iter_mut());
+        tokio::pin!(shutdown);
+        tokio::select! {
+            _ = &mut shutdown => None,
+            (r, i, _) = any => Some((i, r)),
+        }
+    };
+    match early {
+        None => tracing::info!(
+            grace_secs = grace.as_secs(),
+            "shutting down: draining in-flight requests"
+        ),
+        Some((i, r)) => {
+            let e = outcome(r).err().unwrap_or_else(|| {
+                std::io::Error::other("a serving thread stopped before the shutdown")
+            });
+            tracing::error!(thread = i, error = %e, "a serving thread stopped; shutting down");
+            done.remove(i);
+            result = Err(e);
+        }
+    }
+    let _ = stop_tx.send(true);
     for d in done {
-        match d.await {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => result = Err(e),
-            Err(_) => result = Err(std::io::Error::other("a serving thread panicked")),
+        if let Err(e) = outcome(d.await) {
+            result = Err(e);
         }
     }
     result
