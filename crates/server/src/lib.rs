@@ -63,13 +63,14 @@ pub struct RequestId(pub String);
 
 static REQUEST_SEQ: AtomicU64 = AtomicU64::new(0);
 
+/// The low 16 bits of the process id, read once (`std::process::id` is a system call).
+static PID16: std::sync::OnceLock<u32> = std::sync::OnceLock::new();
+
 fn next_request_id() -> RequestId {
     let ms = chrono::Utc::now().timestamp_millis();
     let seq = REQUEST_SEQ.fetch_add(1, Ordering::Relaxed);
-    RequestId(format!(
-        "req_{ms:012x}{:04x}{seq:08x}",
-        std::process::id() & 0xffff
-    ))
+    let pid = *PID16.get_or_init(|| std::process::id() & 0xffff);
+    RequestId(format!("req_{ms:012x}{pid:04x}{seq:08x}"))
 }
 
 async fn request_id(mut req: Request, next: Next) -> Response {
