@@ -606,17 +606,20 @@ async fn finish(
             let json = wire.full_body(&out)?;
             let mut response = Response::new(Body::from(json));
             let h = response.headers_mut();
-            h.insert("content-type", HeaderValue::from_static("application/json"));
+            h.insert(
+                hdr::CONTENT_TYPE,
+                HeaderValue::from_static("application/json"),
+            );
             add_route_headers(h, r);
             if let Some(v) = &route_header {
-                insert(h, "x-tollgate-route", v);
+                insert(h, hdr::ROUTE, v);
             }
-            insert(h, "x-tollgate-cost", &priced.header());
+            insert(h, hdr::COST, &priced.header());
             if let Some(c) = priced.converted_header() {
-                insert(h, "x-tollgate-cost-converted", &c);
+                insert(h, hdr::COST_CONVERTED, &c);
             }
             for (k, v) in &rate_headers {
-                insert(h, k, v);
+                insert(h, k.clone(), v);
             }
             Ok(response)
         }
@@ -632,20 +635,20 @@ async fn finish(
             ));
             let h = response.headers_mut();
             h.insert(
-                "content-type",
+                hdr::CONTENT_TYPE,
                 HeaderValue::from_static("text/event-stream"),
             );
-            h.insert("cache-control", HeaderValue::from_static("no-cache"));
-            h.insert("x-accel-buffering", HeaderValue::from_static("no"));
+            h.insert(hdr::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+            h.insert(hdr::X_ACCEL_BUFFERING, HeaderValue::from_static("no"));
             add_route_headers(h, r);
             if let Some(v) = &route_header {
-                insert(h, "x-tollgate-route", v);
+                insert(h, hdr::ROUTE, v);
             }
             if let Some(max) = &ticket.max_cost {
-                insert(h, "x-tollgate-cost-max", &max.to_string());
+                insert(h, hdr::COST_MAX, &max.to_string());
             }
             for (k, v) in &ticket.rate_headers {
-                insert(h, k, v);
+                insert(h, k.clone(), v);
             }
             let relay = Relay {
                 writer: wire.stream_writer(&rid.0, &r.model, ticket.prompt_estimate()),
@@ -664,10 +667,26 @@ async fn finish(
     }
 }
 
-fn insert(h: &mut HeaderMap, name: &'static str, value: &str) {
+fn insert(h: &mut HeaderMap, name: axum::http::HeaderName, value: &str) {
     if let Ok(v) = HeaderValue::from_str(value) {
         h.insert(name, v);
     }
+}
+
+/// Names of the headers tollgate adds, built once (inserting by `&str` parses the name
+/// on every insert).
+pub mod hdr {
+    use axum::http::HeaderName;
+
+    pub use axum::http::header::{CACHE_CONTROL, CONTENT_TYPE};
+    pub const X_ACCEL_BUFFERING: HeaderName = HeaderName::from_static("x-accel-buffering");
+    pub const PROVIDER: HeaderName = HeaderName::from_static("x-tollgate-provider");
+    pub const MODEL: HeaderName = HeaderName::from_static("x-tollgate-model");
+    pub const ROUTE: HeaderName = HeaderName::from_static("x-tollgate-route");
+    pub const COST: HeaderName = HeaderName::from_static("x-tollgate-cost");
+    pub const COST_CONVERTED: HeaderName = HeaderName::from_static("x-tollgate-cost-converted");
+    pub const COST_MAX: HeaderName = HeaderName::from_static("x-tollgate-cost-max");
+    pub const REQUEST_ID: HeaderName = HeaderName::from_static("x-tollgate-request-id");
 }
 
 /// Completion tokens tollgate counts itself in an answer (used only when the vendor
@@ -689,8 +708,8 @@ fn completion_tokens_of(out: &tollgate_core::ChatResponse) -> u64 {
 }
 
 fn add_route_headers(h: &mut HeaderMap, r: &Resolved) {
-    insert(h, "x-tollgate-provider", &r.provider.cfg.id);
-    insert(h, "x-tollgate-model", &r.model);
+    insert(h, hdr::PROVIDER, &r.provider.cfg.id);
+    insert(h, hdr::MODEL, &r.model);
 }
 
 /// Relays one upstream stream to one client, and settles its ticket at the end.

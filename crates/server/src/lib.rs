@@ -78,7 +78,7 @@ async fn request_id(mut req: Request, next: Next) -> Response {
     req.extensions_mut().insert(rid.clone());
     let mut resp = next.run(req).await;
     if let Ok(v) = HeaderValue::from_str(&rid.0) {
-        resp.headers_mut().insert("x-tollgate-request-id", v);
+        resp.headers_mut().insert(chat::hdr::REQUEST_ID, v);
     }
     resp
 }

@@ -219,8 +219,21 @@ fn remaining(w: &Window, spec: Spec, now_ms: i64) -> Remaining {
     }
 }
 
+use axum::http::HeaderName;
+
+const X_RATELIMIT_LIMIT_REQUESTS: HeaderName =
+    HeaderName::from_static("x-ratelimit-limit-requests");
+const X_RATELIMIT_REMAINING_REQUESTS: HeaderName =
+    HeaderName::from_static("x-ratelimit-remaining-requests");
+const X_RATELIMIT_RESET_REQUESTS: HeaderName =
+    HeaderName::from_static("x-ratelimit-reset-requests");
+const X_RATELIMIT_LIMIT_TOKENS: HeaderName = HeaderName::from_static("x-ratelimit-limit-tokens");
+const X_RATELIMIT_REMAINING_TOKENS: HeaderName =
+    HeaderName::from_static("x-ratelimit-remaining-tokens");
+const X_RATELIMIT_RESET_TOKENS: HeaderName = HeaderName::from_static("x-ratelimit-reset-tokens");
+
 /// `x-ratelimit-*` headers in OpenAI's style (`reset` as `1s`, `6m0s`).
-pub fn headers(r: &Remaining) -> Vec<(&'static str, String)> {
+pub fn headers(r: &Remaining) -> Vec<(HeaderName, String)> {
     let dur = |ms: i64| {
         let s = ceil_s(ms);
         if s >= 60 {
@@ -231,17 +244,14 @@ pub fn headers(r: &Remaining) -> Vec<(&'static str, String)> {
     };
     let mut h = Vec::new();
     if let Some(rpm) = r.spec.rpm {
-        h.push(("x-ratelimit-limit-requests", rpm.to_string()));
-        h.push((
-            "x-ratelimit-remaining-requests",
-            r.requests_left.to_string(),
-        ));
-        h.push(("x-ratelimit-reset-requests", dur(r.requests_reset_ms)));
+        h.push((X_RATELIMIT_LIMIT_REQUESTS, rpm.to_string()));
+        h.push((X_RATELIMIT_REMAINING_REQUESTS, r.requests_left.to_string()));
+        h.push((X_RATELIMIT_RESET_REQUESTS, dur(r.requests_reset_ms)));
     }
     if let Some(tpm) = r.spec.tpm {
-        h.push(("x-ratelimit-limit-tokens", tpm.to_string()));
-        h.push(("x-ratelimit-remaining-tokens", r.tokens_left.to_string()));
-        h.push(("x-ratelimit-reset-tokens", dur(r.tokens_reset_ms)));
+        h.push((X_RATELIMIT_LIMIT_TOKENS, tpm.to_string()));
+        h.push((X_RATELIMIT_REMAINING_TOKENS, r.tokens_left.to_string()));
+        h.push((X_RATELIMIT_RESET_TOKENS, dur(r.tokens_reset_ms)));
     }
     h
 }
@@ -338,8 +348,8 @@ mod tests {
         let r = l.admit(&scopes[..1], 0, 6).unwrap().unwrap();
         assert_eq!(r.requests_left, 8);
         let h = headers(&r);
-        assert!(h.contains(&("x-ratelimit-remaining-requests", "8".to_owned())));
+        assert!(h.contains(&(X_RATELIMIT_REMAINING_REQUESTS, "8".to_owned())));
         // The oldest bucket, [0, 100), leaves the window at 60.1 s.
-        assert!(h.contains(&("x-ratelimit-reset-requests", "1m1s".to_owned())));
+        assert!(h.contains(&(X_RATELIMIT_RESET_REQUESTS, "1m1s".to_owned())));
     }
 }

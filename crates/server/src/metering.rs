@@ -87,7 +87,7 @@ pub struct Ticket {
     /// The worst case reserved, in the vendor's currency.
     pub max_cost: Option<Money>,
     /// `x-ratelimit-*` headers for the key.
-    pub rate_headers: Vec<(&'static str, String)>,
+    pub rate_headers: Vec<(axum::http::HeaderName, String)>,
     /// Earlier attempts of a routed request (failed candidates), for the ledger row.
     attempts: Vec<serde_json::Value>,
     settled: bool,
