@@ -64,8 +64,6 @@ pub enum KeysCommand {
 pub async fn run(args: KeysArgs) -> anyhow::Result<()> {
     let cfg = args.store.config()?;
     let store = SqliteStore::open(&cfg.data_dir)?;
-    // The key list shows budget standing from the ledger: journaled rows first.
-    tollgate_store::journal::import_all(&cfg.data_dir, &store)?;
     match args.command.unwrap_or(KeysCommand::List) {
         KeysCommand::Create {
             name,
@@ -99,6 +97,8 @@ pub async fn run(args: KeysArgs) -> anyhow::Result<()> {
             }
         }
         KeysCommand::List => {
+            // The list shows budget standing from the ledger: journaled rows first.
+            tollgate_store::journal::import_all(&cfg.data_dir, &store)?;
             let keys = store.list_keys()?;
             let catalog = tollgate_server::state::load_catalog(&cfg).map_err(anyhow::Error::msg)?;
             let now = chrono::Utc::now();

@@ -4,7 +4,7 @@ use chrono::{DateTime, NaiveDate, NaiveDateTime, Utc};
 use clap::Args;
 use tollgate_core::routing::{Needs, Plan, Strategy};
 use tollgate_core::{Currency, Money};
-use tollgate_server::config::{Retry, VirtualModel};
+use tollgate_server::config::VirtualModel;
 use tollgate_server::{AppState, Stores};
 
 use crate::StoreArgs;
@@ -135,15 +135,7 @@ async fn explain(args: &RouteArgs, cfg: tollgate_server::Config) -> anyhow::Resu
                     }
                 )
             })?;
-            let vm = VirtualModel {
-                name: r.name(),
-                candidates: vec![r.name()],
-                filter: None,
-                strategy: Strategy::Ordered,
-                quality_floor: None,
-                weights: Default::default(),
-                retry: Retry::default(),
-            };
+            let vm = VirtualModel::single(r.name());
             let plan = tollgate_server::route::plan_for_tokens(
                 &state,
                 &vm,
@@ -233,29 +225,22 @@ fn render(args: &RouteArgs, name: &str, plan: &Plan) -> anyhow::Result<String> {
             w[i] = w[i].max(c.chars().count());
         }
     }
-    let _ = writeln!(
-        o,
-        "{:>w0$}  {:<w1$}  {:>w2$}  {}",
-        head[0],
-        head[1],
-        head[2],
-        head[3],
-        w0 = w[0],
-        w1 = w[1],
-        w2 = w[2]
-    );
-    for r in &rows {
+    let mut line = |c: [&str; 4]| {
         let _ = writeln!(
             o,
             "{:>w0$}  {:<w1$}  {:>w2$}  {}",
-            r[0],
-            r[1],
-            r[2],
-            r[3],
+            c[0],
+            c[1],
+            c[2],
+            c[3],
             w0 = w[0],
             w1 = w[1],
             w2 = w[2]
         );
+    };
+    line(head);
+    for r in &rows {
+        line([r[0].as_str(), r[1].as_str(), r[2].as_str(), r[3].as_str()]);
     }
     match plan.kept().next() {
         Some(v) => {

@@ -560,6 +560,22 @@ pub struct VirtualModel {
     pub retry: Retry,
 }
 
+impl VirtualModel {
+    /// A one-candidate route: how a plain `provider/model` is planned (for `max_cost`
+    /// checks and `tollgate route` on a served model).
+    pub fn single(name: String) -> Self {
+        VirtualModel {
+            candidates: vec![name.clone()],
+            name,
+            filter: None,
+            strategy: tollgate_core::routing::Strategy::Ordered,
+            quality_floor: None,
+            weights: BTreeMap::new(),
+            retry: Retry::default(),
+        }
+    }
+}
+
 /// A validated catalog filter.
 #[derive(Debug, Clone, Default)]
 pub struct Filter {

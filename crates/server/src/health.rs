@@ -99,24 +99,6 @@ struct Entry {
     last_error: Option<String>,
 }
 
-/// `model`'s free-tier usage, created on first use.
-fn free_entry<'a>(map: &'a mut HashMap<String, FreeUsage>, model: &str) -> &'a mut FreeUsage {
-    if !map.contains_key(model) {
-        map.insert(model.to_owned(), FreeUsage::default());
-    }
-    map.get_mut(model)
-        .unwrap_or_else(|| unreachable!("inserted above"))
-}
-
-/// `model`'s entry, created on first use (without allocating a key for a known model).
-fn entry<'a>(map: &'a mut HashMap<String, Entry>, model: &str) -> &'a mut Entry {
-    if !map.contains_key(model) {
-        map.insert(model.to_owned(), Entry::new());
-    }
-    map.get_mut(model)
-        .unwrap_or_else(|| unreachable!("inserted above"))
-}
-
 impl Entry {
     fn new() -> Self {
         Entry {
@@ -280,7 +262,7 @@ impl Health {
         let Ok(mut map) = self.models.lock() else {
             return Ok(Permit { probe: false });
         };
-        let e = entry(&mut map, model);
+        let e = crate::slot(&mut map, model, Entry::new);
         let now = Instant::now();
         match &e.circuit {
             Circuit::Closed => Ok(Permit { probe: false }),
@@ -301,7 +283,7 @@ impl Health {
         let Ok(mut map) = self.models.lock() else {
             return;
         };
-        let e = entry(&mut map, model);
+        let e = crate::slot(&mut map, model, Entry::new);
         let now = Instant::now();
         e.prune(now, self.cfg.window);
         e.record(now, false);
@@ -324,7 +306,7 @@ impl Health {
             return;
         };
         let cfg = self.cfg;
-        let e = entry(&mut map, model);
+        let e = crate::slot(&mut map, model, Entry::new);
         let now = Instant::now();
         e.prune(now, cfg.window);
         e.record(now, true);
@@ -420,7 +402,7 @@ impl Health {
     /// requests see it).
     pub fn free_request(&self, model: &str, now: DateTime<Utc>) {
         if let Ok(mut map) = self.free.lock() {
-            let u = free_entry(&mut map, model);
+            let u = crate::slot(&mut map, model, FreeUsage::default);
             u.roll(now);
             u.minute_requests.add(now.timestamp_millis(), 1);
             u.day_requests += 1;
@@ -430,7 +412,7 @@ impl Health {
     /// Counts the tokens a request to `model` used.
     pub fn free_tokens(&self, model: &str, tokens: u64, now: DateTime<Utc>) {
         if let Ok(mut map) = self.free.lock() {
-            let u = free_entry(&mut map, model);
+            let u = crate::slot(&mut map, model, FreeUsage::default);
             u.roll(now);
             u.minute_tokens.add(now.timestamp_millis(), tokens);
             u.day_tokens += tokens;

@@ -57,6 +57,20 @@ pub use state::{AppState, Stores};
 
 use crate::error::ApiError;
 
+/// `map[key]`, created with `new` on first use; a key already there costs no allocation
+/// (`HashMap::entry` needs an owned key on every call). For the per-request counters.
+pub(crate) fn slot<'a, V>(
+    map: &'a mut std::collections::HashMap<String, V>,
+    key: &str,
+    new: impl FnOnce() -> V,
+) -> &'a mut V {
+    if !map.contains_key(key) {
+        map.insert(key.to_owned(), new());
+    }
+    map.get_mut(key)
+        .unwrap_or_else(|| unreachable!("inserted above"))
+}
+
 /// The id of one request, on every response as `x-tollgate-request-id`.
 #[derive(Debug, Clone)]
 pub struct RequestId(pub String);

@@ -88,12 +88,7 @@ impl Limits {
             Err(_) => return Ok(None),
         };
         for (id, spec) in scopes {
-            if !m.contains_key(id) {
-                m.insert(id.clone(), Window::default());
-            }
-            let Some(w) = m.get_mut(id) else {
-                return Ok(None);
-            };
+            let w = crate::slot(&mut m, id, Window::default);
             w.prune(now_ms);
             if let Some(rpm) = spec.rpm {
                 if w.requests.total() >= u64::from(rpm) {

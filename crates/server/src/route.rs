@@ -396,15 +396,7 @@ pub fn check_direct_cost(
         return Ok(());
     };
     let now = controls.now.unwrap_or_else(Utc::now);
-    let vm = VirtualModel {
-        name: r.name(),
-        candidates: vec![r.name()],
-        filter: None,
-        strategy: Strategy::Ordered,
-        quality_floor: None,
-        weights: BTreeMap::new(),
-        retry: Retry::default(),
-    };
+    let vm = VirtualModel::single(r.name());
     let plan = plan_with(state, &vm, &[r], req, None, Some(max), now);
     match plan.verdicts.first() {
         Some(v) if v.kept || !v.reason.contains("x-tollgate-max-cost") => Ok(()),
