@@ -253,7 +253,7 @@ impl Importer {
                     if line.is_empty() {
                         continue;
                     }
-                    match serde_json::from_slice::<LedgerRow>(line) {
+                    match parse_line(line) {
                         Ok(r) => rows.push(r),
                         Err(e) => {
                             done.bad_lines += 1;
@@ -290,6 +290,11 @@ impl Importer {
         }
         Ok(done)
     }
+}
+
+/// Reads one journal line (without its `\n`) as a row.
+fn parse_line(line: &[u8]) -> Result<LedgerRow, serde_json::Error> {
+    serde_json::from_slice::<LedgerRow>(line)
 }
 
 /// Imports whatever the journal of `data_dir` holds into `store`: for a process that
@@ -446,6 +451,101 @@ mod tests {
         let got = import_all(&dir, &s).unwrap();
         assert_eq!((got.rows, got.bad_lines), (1000, 0));
         assert_eq!(ids(&s).len(), 1000);
+        std::fs::remove_dir_all(dir).ok();
+    }
+}
+
+/// What the importer costs per row, split into parsing and the store's insert: not a
+/// test of behaviour but a repeatable measurement, run under callgrind (instruction counts
+/// do not depend on the machine's load):
+///
+/// ```text
+/// cargo test --release -p tollgate-store --no-run
+/// valgrind --tool=callgrind --callgrind-out-file=cg.out \
+///     target/release/deps/tollgate_store-<hash> --ignored --exact --test-threads=1 \
+///     journal::cost::import_cost
+/// callgrind_annotate --inclusive=yes cg.out | grep -E 'cost_(parse|insert)'
+/// ```
+///
+/// Divide the inclusive counts of `cost_parse` and `cost_insert` by [`cost::N`].
+#[cfg(test)]
+mod cost {
+    use super::*;
+    use crate::SqliteStore;
+
+    /// Rows written then imported.
+    pub const N: usize = 20_000;
+
+    /// A row as the gateway writes it (ids from `next_request_id` in the server: ms,
+    /// pid and a sequence number in fixed-width hex; `attempts` as `attempts_json` makes it).
+    fn realistic(i: usize) -> LedgerRow {
+        let ms = 1_732_850_000_000 + (i as i64) / 4;
+        LedgerRow {
+            id: format!("req_{ms:012x}{:04x}{i:08x}", 12345 & 0xffff),
+            ts_ms: ms,
+            key_id: format!("key_{:012x}a1b2c3d4e5f6", 1_732_000_000_000i64 + (i % 8) as i64),
+            key_name: format!("bench-{}", i % 8),
+            group: Some("bench".into()),
+            requested_model: "openai/gpt-4o-mini".into(),
+            provider: "openai".into(),
+            model: "gpt-4o-mini".into(),
+            price_id: Some("openai/gpt-4o-mini@2024-07-18".into()),
+            prompt_tokens: 1200 + (i % 300) as i64,
+            completion_tokens: 300 + (i % 97) as i64,
+            cached_tokens: 0,
+            cache_write_tokens: 0,
+            reasoning_tokens: 0,
+            usage_source: "vendor".into(),
+            cost_nanos: 360_000 + i as i64,
+            cost_currency: "USD".into(),
+            report_cost_nanos: 360_000 + i as i64,
+            report_currency: "USD".into(),
+            fx_rate: None,
+            fx_month: None,
+            latency_ms: 850 + (i % 400) as i64,
+            ttft_ms: Some(240 + (i % 50) as i64),
+            status: "ok".into(),
+            http_status: 200,
+            stream: false,
+            attempts: format!(
+                r#"[{{"provider":"openai","model":"gpt-4o-mini","outcome":"ok","http_status":200,"latency_ms":{}}}]"#,
+                850 + i % 400
+            ),
+        }
+    }
+
+    #[inline(never)]
+    fn cost_parse(text: &[u8]) -> Vec<LedgerRow> {
+        text.split(|&b| b == b'\n')
+            .filter(|l| !l.is_empty())
+            .map(|l| parse_line(l).unwrap())
+            .collect()
+    }
+
+    #[inline(never)]
+    fn cost_insert(store: &SqliteStore, rows: &[LedgerRow]) {
+        for batch in rows.chunks(BATCH) {
+            store.replay(batch).unwrap();
+        }
+    }
+
+    #[test]
+    #[ignore = "a measurement: run under callgrind, see the module's doc"]
+    fn import_cost() {
+        let dir = crate::testing::tmp_dir("import-cost");
+        let rows: Vec<LedgerRow> = (0..N).map(realistic).collect();
+        let j = Journal::open(&dir).unwrap();
+        for r in &rows {
+            j.append(r).unwrap();
+        }
+        drop(j);
+        let seg = std::fs::read_dir(journal_dir(&dir)).unwrap().next().unwrap().unwrap();
+        let text = std::fs::read(seg.path()).unwrap();
+        let parsed = cost_parse(&text);
+        assert!(parsed == rows);
+        let store = SqliteStore::open(&dir).unwrap();
+        cost_insert(&store, &parsed);
+        assert_eq!(store.rows(&crate::LedgerFilter::default()).unwrap().len(), N);
         std::fs::remove_dir_all(dir).ok();
     }
 }
