@@ -483,7 +483,10 @@ mod cost {
         LedgerRow {
             id: format!("req_{ms:012x}{:04x}{i:08x}", 12345 & 0xffff),
             ts_ms: ms,
-            key_id: format!("key_{:012x}a1b2c3d4e5f6", 1_732_000_000_000i64 + (i % 8) as i64),
+            key_id: format!(
+                "key_{:012x}a1b2c3d4e5f6",
+                1_732_000_000_000i64 + (i % 8) as i64
+            ),
             key_name: format!("bench-{}", i % 8),
             group: Some("bench".into()),
             requested_model: "openai/gpt-4o-mini".into(),
@@ -539,13 +542,20 @@ mod cost {
             j.append(r).unwrap();
         }
         drop(j);
-        let seg = std::fs::read_dir(journal_dir(&dir)).unwrap().next().unwrap().unwrap();
+        let seg = std::fs::read_dir(journal_dir(&dir))
+            .unwrap()
+            .next()
+            .unwrap()
+            .unwrap();
         let text = std::fs::read(seg.path()).unwrap();
         let parsed = cost_parse(&text);
         assert!(parsed == rows);
         let store = SqliteStore::open(&dir).unwrap();
         cost_insert(&store, &parsed);
-        assert_eq!(store.rows(&crate::LedgerFilter::default()).unwrap().len(), N);
+        assert_eq!(
+            store.rows(&crate::LedgerFilter::default()).unwrap().len(),
+            N
+        );
         std::fs::remove_dir_all(dir).ok();
     }
 }

@@ -76,6 +76,16 @@ BEGIN SELECT RAISE(ABORT, 'the ledger is append-only'); END;
 DROP INDEX ledger_group_ts;
 CREATE INDEX ledger_group_ts ON ledger(group_name, ts_ms) WHERE group_name IS NOT NULL;
 "#,
+    // No statement the code runs can use these two: `spend_since` filters with
+    // `(?2 IS NULL OR key_id = ?2)`, which SQLite serves from `ledger_ts` (EXPLAIN QUERY
+    // PLAN: `SEARCH ledger USING INDEX ledger_ts (ts_ms>?)`), and `rows` does the same.
+    // Each was a B-tree insert per imported row for nothing: ~5,300 instructions of the
+    // ~31,700 a row cost (dropping both: ~21,100). A query that needs a per-key or
+    // per-group index adds it back in a new migration.
+    r#"
+DROP INDEX ledger_key_ts;
+DROP INDEX ledger_group_ts;
+"#,
 ];
 
 /// SQLite-backed store.
@@ -309,6 +319,16 @@ const INSERT_OR_IGNORE_LEDGER: &str = "INSERT OR IGNORE INTO ledger (id, ts_ms, 
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, \
                  ?21, ?22, ?23, ?24, ?25, ?26, ?27)";
 
+/// [`LedgerStore::rows`]: served by `ledger_ts`.
+const SELECT_ROWS: &str =
+    "SELECT * FROM ledger WHERE ts_ms >= ?1 AND ts_ms < ?2 AND (?3 IS NULL OR key_id = ?3) \
+     ORDER BY ts_ms, id";
+/// [`LedgerStore::spend_since`]: served by `ledger_ts`.
+const SPEND_SINCE: &str = "SELECT MIN(ts_ms), SUM(cost_nanos), cost_currency FROM ledger \
+     WHERE ts_ms >= ?1 AND cost_nanos > 0 \
+     AND (?2 IS NULL OR key_id = ?2) AND (?3 IS NULL OR group_name = ?3) \
+     GROUP BY cost_currency, strftime('%Y-%m', ts_ms / 1000, 'unixepoch')";
+
 impl SqliteStore {
     fn insert_rows(&self, rows: &[LedgerRow], skip_known: bool) -> Result<(), StoreError> {
         let mut conn = self.conn.lock().map_err(|_| StoreError::Poisoned)?;
@@ -367,12 +387,13 @@ impl LedgerStore for SqliteStore {
 
     fn rows(&self, f: &LedgerFilter) -> Result<Vec<LedgerRow>, StoreError> {
         self.with(|c| {
-            let mut st = c.prepare(
-                "SELECT * FROM ledger WHERE ts_ms >= ?1 AND ts_ms < ?2 AND (?3 IS NULL OR key_id = ?3) \
-                 ORDER BY ts_ms, id",
-            )?;
+            let mut st = c.prepare(SELECT_ROWS)?;
             let rows = st.query_map(
-                params![f.since_ms.unwrap_or(i64::MIN), f.until_ms.unwrap_or(i64::MAX), f.key_id],
+                params![
+                    f.since_ms.unwrap_or(i64::MIN),
+                    f.until_ms.unwrap_or(i64::MAX),
+                    f.key_id
+                ],
                 row_to_ledger,
             )?;
             Ok(rows.collect::<Result<Vec<_>, _>>()?)
@@ -395,12 +416,7 @@ impl LedgerStore for SqliteStore {
         self.with(|c| {
             // Summed in SQLite per currency and UTC month (FX rates are monthly), so a
             // budget's first use reads a few sums, not every row of the window.
-            let mut st = c.prepare_cached(
-                "SELECT MIN(ts_ms), SUM(cost_nanos), cost_currency FROM ledger \
-                 WHERE ts_ms >= ?1 AND cost_nanos > 0 \
-                 AND (?2 IS NULL OR key_id = ?2) AND (?3 IS NULL OR group_name = ?3) \
-                 GROUP BY cost_currency, strftime('%Y-%m', ts_ms / 1000, 'unixepoch')",
-            )?;
+            let mut st = c.prepare_cached(SPEND_SINCE)?;
             let rows = st.query_map(params![since_ms, key_id, group], |r| {
                 Ok((r.get(0)?, r.get(1)?, r.get(2)?))
             })?;
@@ -448,6 +464,110 @@ mod tests {
                 ..Default::default()
             })
             .is_err());
+        std::fs::remove_dir_all(dir).ok();
+    }
+
+    /// The plan SQLite picks for `sql` with parameters `p`, one detail per line.
+    fn plan(c: &Connection, sql: &str, p: impl rusqlite::Params) -> String {
+        let mut st = c.prepare(&format!("EXPLAIN QUERY PLAN {sql}")).unwrap();
+        let lines: Vec<String> = st
+            .query_map(p, |r| r.get::<_, String>(3))
+            .unwrap()
+            .map(|r| r.unwrap())
+            .collect();
+        lines.join("\n")
+    }
+
+    #[test]
+    fn ledger_queries_search_an_index_never_scan_the_table() {
+        let dir = tmp();
+        let s = SqliteStore::open(&dir).unwrap();
+        let c = s.conn.lock().unwrap();
+        for p in [
+            plan(&c, SELECT_ROWS, params![0, 10, None::<String>]),
+            plan(&c, SELECT_ROWS, params![0, 10, "k1"]),
+            plan(&c, SPEND_SINCE, params![0, "k1", None::<String>]),
+            plan(&c, SPEND_SINCE, params![0, None::<String>, "g"]),
+        ] {
+            assert!(p.contains("SEARCH ledger USING INDEX ledger_ts"), "{p}");
+            assert!(!p.contains("SCAN ledger"), "{p}");
+        }
+        drop(c);
+        std::fs::remove_dir_all(dir).ok();
+    }
+
+    #[test]
+    fn a_ledger_written_before_the_index_cleanup_survives_the_upgrade() {
+        let dir = tmp();
+        let row = crate::testing::row;
+        {
+            // The database as the build before migration 4 left it, with rows.
+            let mut c = Connection::open(dir.join("tollgate.db")).unwrap();
+            c.pragma_update(None, "journal_mode", "WAL").unwrap();
+            let tx = c.transaction().unwrap();
+            for (i, m) in MIGRATIONS[..3].iter().enumerate() {
+                tx.execute_batch(m).unwrap();
+                tx.pragma_update(None, "user_version", (i + 1) as i64)
+                    .unwrap();
+            }
+            tx.commit().unwrap();
+        }
+        let old = SqliteStore {
+            conn: Mutex::new(Connection::open(dir.join("tollgate.db")).unwrap()),
+            path: dir.join("tollgate.db"),
+        };
+        let mut grouped = row("b", 20, 7);
+        grouped.group = Some("team".into());
+        old.append(&[row("a", 10, 5), grouped.clone()]).unwrap();
+        drop(old);
+
+        let s = SqliteStore::open(&dir).unwrap();
+        let all = s.rows(&LedgerFilter::default()).unwrap();
+        assert_eq!(all, vec![row("a", 10, 5), grouped]);
+        assert_eq!(
+            s.spend_since(None, Some("team"), 0).unwrap(),
+            vec![(20, 7, "CNY".to_owned())]
+        );
+        {
+            let c = s.conn.lock().unwrap();
+            let v: i64 = c
+                .pragma_query_value(None, "user_version", |r| r.get(0))
+                .unwrap();
+            assert_eq!(v as usize, MIGRATIONS.len());
+            let names = |kind: &str| -> Vec<String> {
+                let mut st = c
+                    .prepare("SELECT name FROM sqlite_master WHERE type = ?1 AND tbl_name = 'ledger' ORDER BY name")
+                    .unwrap();
+                st.query_map([kind], |r| r.get(0))
+                    .unwrap()
+                    .map(|r| r.unwrap())
+                    .collect()
+            };
+            assert_eq!(names("index"), ["ledger_ts", "sqlite_autoindex_ledger_1"]);
+            assert_eq!(
+                names("trigger"),
+                ["ledger_append_only_delete", "ledger_append_only_update"]
+            );
+            assert!(c.execute("UPDATE ledger SET cost_nanos = 0", []).is_err());
+            assert!(c.execute("DELETE FROM ledger", []).is_err());
+        }
+        // Still refused by `append`, still skipped by `replay`.
+        assert!(s.append(&[row("a", 30, 1)]).is_err());
+        s.replay(&[row("a", 30, 1), row("c", 40, 2)]).unwrap();
+        let ids: Vec<_> = s
+            .rows(&LedgerFilter::default())
+            .unwrap()
+            .into_iter()
+            .map(|r| (r.id, r.ts_ms))
+            .collect();
+        assert_eq!(
+            ids,
+            [
+                ("a".to_owned(), 10),
+                ("b".to_owned(), 20),
+                ("c".to_owned(), 40)
+            ]
+        );
         std::fs::remove_dir_all(dir).ok();
     }
 
