@@ -339,36 +339,37 @@ impl SqliteStore {
             } else {
                 INSERT_LEDGER
             })?;
+            // Bound one by one and run with `raw_execute`: no `&dyn ToSql` array per row.
+            // All 27 parameters are bound for every row, so none keeps an earlier row's value.
             for r in rows {
-                st.execute(params![
-                    r.id,
-                    r.ts_ms,
-                    r.key_id,
-                    r.key_name,
-                    r.group,
-                    r.requested_model,
-                    r.provider,
-                    r.model,
-                    r.price_id,
-                    r.prompt_tokens,
-                    r.completion_tokens,
-                    r.cached_tokens,
-                    r.cache_write_tokens,
-                    r.reasoning_tokens,
-                    r.usage_source,
-                    r.cost_nanos,
-                    r.cost_currency,
-                    r.report_cost_nanos,
-                    r.report_currency,
-                    r.fx_rate,
-                    r.fx_month,
-                    r.latency_ms,
-                    r.ttft_ms,
-                    r.status,
-                    r.http_status,
-                    r.stream as i64,
-                    r.attempts
-                ])?;
+                st.raw_bind_parameter(1, &r.id)?;
+                st.raw_bind_parameter(2, r.ts_ms)?;
+                st.raw_bind_parameter(3, &r.key_id)?;
+                st.raw_bind_parameter(4, &r.key_name)?;
+                st.raw_bind_parameter(5, &r.group)?;
+                st.raw_bind_parameter(6, &r.requested_model)?;
+                st.raw_bind_parameter(7, &r.provider)?;
+                st.raw_bind_parameter(8, &r.model)?;
+                st.raw_bind_parameter(9, &r.price_id)?;
+                st.raw_bind_parameter(10, r.prompt_tokens)?;
+                st.raw_bind_parameter(11, r.completion_tokens)?;
+                st.raw_bind_parameter(12, r.cached_tokens)?;
+                st.raw_bind_parameter(13, r.cache_write_tokens)?;
+                st.raw_bind_parameter(14, r.reasoning_tokens)?;
+                st.raw_bind_parameter(15, &r.usage_source)?;
+                st.raw_bind_parameter(16, r.cost_nanos)?;
+                st.raw_bind_parameter(17, &r.cost_currency)?;
+                st.raw_bind_parameter(18, r.report_cost_nanos)?;
+                st.raw_bind_parameter(19, &r.report_currency)?;
+                st.raw_bind_parameter(20, &r.fx_rate)?;
+                st.raw_bind_parameter(21, &r.fx_month)?;
+                st.raw_bind_parameter(22, r.latency_ms)?;
+                st.raw_bind_parameter(23, r.ttft_ms)?;
+                st.raw_bind_parameter(24, &r.status)?;
+                st.raw_bind_parameter(25, r.http_status)?;
+                st.raw_bind_parameter(26, r.stream as i64)?;
+                st.raw_bind_parameter(27, &r.attempts)?;
+                st.raw_execute()?;
             }
         }
         tx.commit()?;
