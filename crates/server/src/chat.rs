@@ -21,7 +21,6 @@ use axum::body::{Body, Bytes};
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use http_body_util::BodyExt;
-use tokio::sync::mpsc;
 use tollgate_core::chat::{ChatRequest, Usage};
 use tollgate_core::error::ErrorKind;
 use tollgate_core::{GatewayError, UpstreamError};
@@ -629,27 +628,7 @@ async fn finish(
             first,
             ended,
         } => {
-            let (tx, rx) = mpsc::channel::<Result<Bytes, Infallible>>(4);
-            let mut response = Response::new(Body::from_stream(
-                tokio_stream::wrappers::ReceiverStream::new(rx),
-            ));
-            let h = response.headers_mut();
-            h.insert(
-                hdr::CONTENT_TYPE,
-                HeaderValue::from_static("text/event-stream"),
-            );
-            h.insert(hdr::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
-            h.insert(hdr::X_ACCEL_BUFFERING, HeaderValue::from_static("no"));
-            add_route_headers(h, r);
-            if let Some(v) = &route_header {
-                insert(h, hdr::ROUTE, v);
-            }
-            if let Some(max) = &ticket.max_cost {
-                insert(h, hdr::COST_MAX, &max.to_string());
-            }
-            for (k, v) in &ticket.rate_headers {
-                insert(h, k.clone(), v);
-            }
+            let headers = stream_headers(r, route_header.as_deref(), &ticket);
             let relay = Relay {
                 writer: wire.stream_writer(&rid.0, &r.model, ticket.prompt_estimate()),
                 rid: rid.clone(),
@@ -658,13 +637,53 @@ async fn finish(
                 usage: None,
                 done: false,
                 completion_estimate: 0,
-                ticket: Some(ticket),
                 ttft,
+                upstream: state.upstream.clone(),
+                body: Some(body),
+                decoder,
+                events: first,
+                ended,
+                failure: None,
+                out: std::collections::VecDeque::new(),
+                finished: false,
+                ticket: Some(ticket),
             };
-            tokio::spawn(relay.run(state.upstream.clone(), body, decoder, first, ended, tx));
+            let mut response = Response::new(Body::from_stream(futures_util::stream::unfold(
+                relay,
+                |mut relay| async move {
+                    let bytes = relay.next_bytes().await?;
+                    Some((Ok::<_, Infallible>(bytes), relay))
+                },
+            )));
+            *response.headers_mut() = headers;
             Ok(response)
         }
     }
+}
+
+/// The head of a streamed answer.
+fn stream_headers(r: &Resolved, route_header: Option<&str>, ticket: &Ticket) -> HeaderMap {
+    let mut h = HeaderMap::with_capacity(16);
+    {
+        let h = &mut h;
+        h.insert(
+            hdr::CONTENT_TYPE,
+            HeaderValue::from_static("text/event-stream"),
+        );
+        h.insert(hdr::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+        h.insert(hdr::X_ACCEL_BUFFERING, HeaderValue::from_static("no"));
+        add_route_headers(h, r);
+        if let Some(v) = route_header {
+            insert(h, hdr::ROUTE, v);
+        }
+        if let Some(max) = &ticket.max_cost {
+            insert(h, hdr::COST_MAX, &max.to_string());
+        }
+        for (k, v) in &ticket.rate_headers {
+            insert(h, k.clone(), v);
+        }
+    }
+    h
 }
 
 fn insert(h: &mut HeaderMap, name: axum::http::HeaderName, value: &str) {
@@ -712,7 +731,10 @@ fn add_route_headers(h: &mut HeaderMap, r: &Resolved) {
     insert(h, hdr::MODEL, &r.model);
 }
 
-/// Relays one upstream stream to one client, and settles its ticket at the end.
+/// Relays one upstream stream to one client, and settles its ticket at the end. It is
+/// the response body itself: hyper asks it for the next bytes when the client's socket
+/// takes more, so the upstream is read only as fast as the client reads (no task, no
+/// channel per stream). A client that goes away drops it: [`Drop`] records the row.
 struct Relay {
     /// Writes the client's wire format.
     writer: Box<dyn StreamWriter>,
@@ -725,89 +747,85 @@ struct Relay {
     completion_estimate: u64,
     ticket: Option<Ticket>,
     ttft: Option<i64>,
-}
-
-enum Flow {
-    Continue,
-    ClientGone,
+    upstream: crate::upstream::Upstream,
+    /// The upstream body; `None` once it is finished with.
+    body: Option<UpstreamBody>,
+    decoder: Box<dyn StreamDecoder>,
+    /// Decoded events not yet written.
+    events: Vec<StreamEvent>,
+    /// The upstream body ended.
+    ended: bool,
+    failure: Option<UpstreamError>,
+    /// Bytes ready for the client.
+    out: std::collections::VecDeque<Bytes>,
+    /// The closing bytes are in `out`: nothing follows them.
+    finished: bool,
 }
 
 impl Relay {
-    async fn run(
-        mut self,
-        upstream: crate::upstream::Upstream,
-        mut body: UpstreamBody,
-        mut decoder: Box<dyn StreamDecoder>,
-        first: Vec<StreamEvent>,
-        mut ended: bool,
-        tx: mpsc::Sender<Result<Bytes, Infallible>>,
-    ) {
-        let mut events = first;
-        let mut failure: Option<UpstreamError> = None;
+    /// The next bytes for the client; `None` after the closing bytes.
+    async fn next_bytes(&mut self) -> Option<Bytes> {
         loop {
-            if let Flow::ClientGone = self.emit(&mut events, &tx).await {
-                drop(body);
-                self.settle("client_disconnected", 499);
-                return;
+            if let Some(b) = self.out.pop_front() {
+                return Some(b);
             }
-            if ended || self.done || failure.is_some() {
-                break;
+            if self.finished {
+                return None;
             }
-            let next = tokio::select! {
-                _ = tx.closed() => {
-                    // The client went away: dropping `body` closes the upstream request now.
-                    drop(body);
-                    self.settle("client_disconnected", 499);
-                    return;
-                }
-                n = upstream.next(&mut body) => n,
+            // Events first: usage may arrive in the same read as the end.
+            if !self.events.is_empty() {
+                self.emit();
+                continue;
+            }
+            if self.ended || self.done || self.failure.is_some() {
+                self.close();
+                continue;
+            }
+            let Some(body) = self.body.as_mut() else {
+                self.ended = true;
+                continue;
             };
-            match next {
+            match self.upstream.next(body).await {
                 Ok(Some(bytes)) => {
-                    if let Err(e) = decoder.feed(&bytes, &mut events) {
-                        failure = Some(e);
+                    if let Err(e) = self.decoder.feed(&bytes, &mut self.events) {
+                        self.failure = Some(e);
                     }
                 }
                 Ok(None) => {
-                    if let Err(e) = decoder.finish(&mut events) {
-                        failure = Some(e);
+                    if let Err(e) = self.decoder.finish(&mut self.events) {
+                        self.failure = Some(e);
                     }
-                    ended = true;
+                    self.ended = true;
                 }
-                Err(e) => failure = Some(e),
+                Err(e) => self.failure = Some(e),
             }
         }
-        // Usage may arrive in the same read as the end.
-        if let Flow::ClientGone = self.emit(&mut events, &tx).await {
-            drop(body);
-            self.settle("client_disconnected", 499);
-            return;
-        }
-        drop(body);
-        if failure.is_none() && !self.done {
-            failure = Some(UpstreamError::protocol(
+    }
+
+    /// Settles the row and queues the closing bytes. The row is written before the
+    /// closing bytes go out: a client that saw the end of the stream is in the ledger.
+    fn close(&mut self) {
+        // Done with the upstream: a finished body returns its connection to the pool.
+        self.body = None;
+        if self.failure.is_none() && !self.done {
+            self.failure = Some(UpstreamError::protocol(
                 "the upstream stream ended before completion",
             ));
         }
-        let closing = match failure {
+        let closing = match self.failure.take() {
             Some(e) => {
                 tracing::warn!(request_id = %self.rid.0, provider = %self.provider, error = %e, "stream failed");
                 self.settle("upstream_cut", 200);
                 self.writer.error(&e.to_gateway_error(&self.provider))
             }
-            // The row is committed before the closing bytes go out: a client that saw
-            // the end of the stream is in the ledger.
             None => match self.settle("ok", 200) {
                 Some(Ok(priced)) => self.writer.finish(&priced),
                 Some(Err(ge)) => self.writer.error(&ge),
                 None => Vec::new(),
             },
         };
-        for b in closing {
-            if tx.send(Ok(b)).await.is_err() {
-                break;
-            }
-        }
+        self.out.extend(closing);
+        self.finished = true;
     }
 
     /// Settles the ticket once; `None` if it was settled already.
@@ -837,12 +855,9 @@ impl Relay {
         Some(r)
     }
 
-    async fn emit(
-        &mut self,
-        events: &mut Vec<StreamEvent>,
-        tx: &mpsc::Sender<Result<Bytes, Infallible>>,
-    ) -> Flow {
-        for ev in events.drain(..) {
+    /// Turns the decoded events into the client's bytes, counting what they carry.
+    fn emit(&mut self) {
+        for ev in self.events.drain(..) {
             match &ev {
                 StreamEvent::Chunk(c) => {
                     for ch in &c.choices {
@@ -863,13 +878,19 @@ impl Relay {
                 StreamEvent::Usage(u) => self.usage = Some(u.clone()),
                 StreamEvent::Done => self.done = true,
             }
-            for b in self.writer.event(&ev) {
-                if tx.send(Ok(b)).await.is_err() {
-                    return Flow::ClientGone;
-                }
-            }
+            self.out.extend(self.writer.event(&ev));
         }
-        Flow::Continue
+    }
+}
+
+impl Drop for Relay {
+    /// The client went away before the end (hyper drops the body): the upstream
+    /// request is closed with it, and the row records what was relayed.
+    fn drop(&mut self) {
+        if self.ticket.is_some() {
+            self.body = None;
+            self.settle("client_disconnected", 499);
+        }
     }
 }
 

@@ -28,6 +28,7 @@ pub mod budget;
 pub mod chat;
 pub mod config;
 pub mod error;
+pub mod h1;
 pub mod health;
 pub mod ledger;
 pub mod limits;

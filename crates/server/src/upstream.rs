@@ -1,15 +1,10 @@
-//! The one upstream client: pooled HTTP connections (HTTP/1.1 and HTTP/2 over TLS or
-//! plain TCP) and WebSocket exchanges (iFlytek Spark), with connect, first-byte and
+//! The one upstream client: pooled HTTP/1.1 connections over TLS or plain TCP
+//! ([`crate::h1`]) and WebSocket exchanges (iFlytek Spark), with connect, first-byte and
 //! idle-between-chunks timeouts, plus the cache of fetched access tokens (ERNIE's OAuth).
 //! Codecs build the requests; this module only sends them and reads bytes.
 
 use bytes::Bytes;
 use futures_util::{SinkExt, StreamExt};
-use http_body_util::{BodyExt, Full};
-use hyper::body::Incoming;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::TokioExecutor;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::Message;
 use tollgate_core::{UpstreamError, UpstreamErrorKind};
@@ -17,9 +12,11 @@ use tollgate_providers::{Codec, Credentials, HttpRequest, WsRequest};
 
 use crate::config::Timeouts;
 
-type Connector = hyper_rustls::HttpsConnector<HttpConnector>;
+type HttpClient = crate::h1::Client;
 
-type HttpClient = Client<Connector, Full<Bytes>>;
+/// How long an idle pooled connection is kept: under the 60 s idle timeout common in
+/// load balancers, so that the upstream rarely closes one just as it is reused.
+const POOL_IDLE: std::time::Duration = std::time::Duration::from_secs(50);
 
 thread_local! {
     /// Which of [`Upstream`]'s pools this thread uses (see [`set_thread_slot`]).
@@ -29,7 +26,8 @@ thread_local! {
 /// Tells the upstream client which connection pool the calling thread owns. Each serving
 /// thread runs its own event loop; a pooled connection is driven by a task on the loop
 /// that opened it, so a thread that used another thread's connections would wake that
-/// thread for every read and write. Threads that never call this share pool 0.
+/// thread for every read and write (and would break when that loop ends). Threads that
+/// never call this share pool 0.
 pub fn set_thread_slot(slot: usize) {
     SLOT.with(|s| s.set(slot));
 }
@@ -47,7 +45,7 @@ type WsStream =
 
 /// An upstream body being read: an HTTP body, or the messages of a WebSocket.
 pub enum UpstreamBody {
-    Http(Incoming),
+    Http(crate::h1::Body),
     Ws(Box<WsStream>),
 }
 
@@ -56,35 +54,12 @@ pub struct UpstreamResponse {
     pub status: u16,
     pub content_type: Option<String>,
     pub retry_after: Option<u64>,
-    pub body: Incoming,
+    pub body: crate::h1::Body,
 }
 
 impl Upstream {
     /// A client with `pools` connection pools (one per serving thread, at least one).
     pub fn new(timeouts: Timeouts, pools: usize) -> Result<Self, String> {
-        let mut http = HttpConnector::new();
-        http.set_connect_timeout(Some(timeouts.connect));
-        http.set_nodelay(true);
-        http.enforce_http(false);
-        let tls = hyper_rustls::HttpsConnectorBuilder::new()
-            .with_provider_and_webpki_roots(rustls_ring_provider())
-            .map_err(|e| format!("TLS setup failed: {e}"))?
-            .https_or_http()
-            .enable_http1()
-            .enable_http2()
-            .wrap_connector(http);
-        // A fixed 4 KiB read buffer per upstream connection: stream events are small, and
-        // hyper's adaptive buffer otherwise grows to ~25 KiB per open stream (memory per
-        // open stream is what bounds how many a small box can relay).
-        let clients: Vec<HttpClient> = (0..pools.max(1))
-            .map(|_| {
-                Client::builder(TokioExecutor::new())
-                    .pool_idle_timeout(std::time::Duration::from_secs(90))
-                    .pool_max_idle_per_host(256)
-                    .http1_read_buf_exact_size(4 * 1024)
-                    .build(tls.clone())
-            })
-            .collect();
         let roots =
             rustls::RootCertStore::from_iter(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
         let ws_tls = rustls::ClientConfig::builder_with_provider(rustls_ring_provider())
@@ -92,6 +67,12 @@ impl Upstream {
             .map_err(|e| format!("TLS setup failed: {e}"))?
             .with_root_certificates(roots)
             .with_no_client_auth();
+        let mut http_tls = ws_tls.clone();
+        http_tls.alpn_protocols = vec![b"http/1.1".to_vec()];
+        let http_tls = std::sync::Arc::new(http_tls);
+        let clients: Vec<HttpClient> = (0..pools.max(1))
+            .map(|_| HttpClient::new(http_tls.clone(), timeouts.connect, POOL_IDLE, 256))
+            .collect();
         Ok(Upstream {
             clients: clients.into(),
             tls: std::sync::Arc::new(ws_tls),
@@ -205,81 +186,50 @@ impl Upstream {
 
     /// Sends `req` and waits for the response head, within the first-byte timeout.
     pub async fn send(&self, req: &HttpRequest) -> Result<UpstreamResponse, UpstreamError> {
-        let mut b = hyper::Request::builder().method(req.method).uri(&req.url);
-        for (k, v) in &req.headers {
-            b = b.header(k.as_str(), v.as_str());
+        let sent = self
+            .client()
+            .send(req.method, &req.url, &req.headers, &req.body);
+        match tokio::time::timeout(self.timeouts.first_byte, sent).await {
+            Err(_) => Err(UpstreamError::new(
+                UpstreamErrorKind::Timeout,
+                format!(
+                    "no response within {} ms",
+                    self.timeouts.first_byte.as_millis()
+                ),
+            )),
+            Ok(Err(e)) => Err(e),
+            Ok(Ok(r)) => Ok(UpstreamResponse {
+                status: r.status,
+                content_type: r.content_type,
+                retry_after: r.retry_after,
+                body: r.body,
+            }),
         }
-        let request = b
-            .body(Full::new(Bytes::from(req.body.clone())))
-            .map_err(|e| {
-                UpstreamError::new(
-                    UpstreamErrorKind::Connect,
-                    format!("invalid upstream request: {e}"),
-                )
-            })?;
-        let resp =
-            match tokio::time::timeout(self.timeouts.first_byte, self.client().request(request))
-                .await
-            {
-                Err(_) => {
-                    return Err(UpstreamError::new(
-                        UpstreamErrorKind::Timeout,
-                        format!(
-                            "no response within {} ms",
-                            self.timeouts.first_byte.as_millis()
-                        ),
-                    ))
-                }
-                Ok(Err(e)) => return Err(classify_client_error(&e)),
-                Ok(Ok(r)) => r,
-            };
-        let status = resp.status().as_u16();
-        let header = |name: &str| {
-            resp.headers()
-                .get(name)
-                .and_then(|v| v.to_str().ok())
-                .map(str::to_owned)
-        };
-        let content_type = header("content-type");
-        let retry_after = header("retry-after").and_then(|v| v.trim().parse::<u64>().ok());
-        Ok(UpstreamResponse {
-            status,
-            content_type,
-            retry_after,
-            body: resp.into_body(),
-        })
     }
 
-    /// The next data frame of a body; `None` at its end. Fails after `idle` of silence.
-    pub async fn next_chunk(&self, body: &mut Incoming) -> Result<Option<Bytes>, UpstreamError> {
-        loop {
-            let frame = match tokio::time::timeout(self.timeouts.idle, body.frame()).await {
-                Err(_) => {
-                    return Err(UpstreamError::new(
-                        UpstreamErrorKind::Timeout,
-                        format!(
-                            "upstream went silent for {} ms",
-                            self.timeouts.idle.as_millis()
-                        ),
-                    ))
-                }
-                Ok(None) => return Ok(None),
-                Ok(Some(Err(e))) => {
-                    return Err(UpstreamError::new(
-                        UpstreamErrorKind::Protocol,
-                        format!("upstream connection failed mid-body: {e}"),
-                    ))
-                }
-                Ok(Some(Ok(f))) => f,
-            };
-            if let Ok(data) = frame.into_data() {
-                return Ok(Some(data));
-            }
+    /// The next data of a body; `None` at its end. Fails after `idle` of silence.
+    pub async fn next_chunk(
+        &self,
+        body: &mut crate::h1::Body,
+    ) -> Result<Option<Bytes>, UpstreamError> {
+        match tokio::time::timeout(self.timeouts.idle, body.chunk()).await {
+            Err(_) => Err(UpstreamError::new(
+                UpstreamErrorKind::Timeout,
+                format!(
+                    "upstream went silent for {} ms",
+                    self.timeouts.idle.as_millis()
+                ),
+            )),
+            Ok(r) => r,
         }
     }
 
     /// A whole body, at most `limit` bytes.
-    pub async fn read_all(&self, mut body: Incoming, limit: usize) -> Result<Bytes, UpstreamError> {
+    pub async fn read_all(
+        &self,
+        mut body: crate::h1::Body,
+        limit: usize,
+    ) -> Result<Bytes, UpstreamError> {
         let mut buf = Vec::new();
         while let Some(chunk) = self.next_chunk(&mut body).await? {
             if buf.len() + chunk.len() > limit {
@@ -305,25 +255,6 @@ impl Upstream {
 
 fn rustls_ring_provider() -> std::sync::Arc<rustls::crypto::CryptoProvider> {
     std::sync::Arc::new(rustls::crypto::ring::default_provider())
-}
-
-/// Connect failures are safe to retry elsewhere; others may have reached the vendor.
-fn classify_client_error(e: &hyper_util::client::legacy::Error) -> UpstreamError {
-    if e.is_connect() {
-        let timed_out = format!("{e:?}").contains("ConnectTimeout")
-            || std::error::Error::source(e).is_some_and(|s| s.to_string().contains("timed out"));
-        let kind = if timed_out {
-            UpstreamErrorKind::Timeout
-        } else {
-            UpstreamErrorKind::Connect
-        };
-        UpstreamError::new(kind, "could not connect to the upstream")
-    } else {
-        UpstreamError::new(
-            UpstreamErrorKind::Server,
-            "the upstream connection failed before a response",
-        )
-    }
 }
 
 /// Access tokens fetched with a codec's `token_request` (ERNIE's OAuth), per provider,
