@@ -123,7 +123,8 @@ pub async fn chat_completions(
     let wire = Wire::OpenAi {
         include_usage: req.wants_stream_usage(),
     };
-    Ok(complete_routed(&state, &rid, &req, route, ticket, wire).await?)
+    // Boxed: the handler's future stays small for the layers that box and move it.
+    Ok(Box::pin(complete_routed(&state, &rid, &req, route, ticket, wire)).await?)
 }
 
 /// Resolves what the client named: a virtual model is planned (with the routing
@@ -246,7 +247,8 @@ async fn call(
                 )
                 .await
                 .map_err(|e| fail(&e))?;
-            call_once(state, req, r, dctx, &creds).await
+            // The rare second try is boxed so it adds nothing to this future's size.
+            Box::pin(call_once(state, req, r, dctx, &creds)).await
         }
         other => other,
     }
@@ -318,10 +320,9 @@ async fn call_once(
             (UpstreamBody::Http(resp.body), resp.content_type)
         }
         // A WebSocket exchange always streams; a non-stream client gets it collected.
+        // Boxed: the WebSocket handshake's future is large and only Spark needs it.
         Outbound::WebSocket(ws) => (
-            state
-                .upstream
-                .websocket(&ws, codec)
+            Box::pin(state.upstream.websocket(&ws, codec))
                 .await
                 .map_err(|e| fail(&e))?,
             None,
@@ -493,11 +494,14 @@ pub async fn complete_routed(
             model: r.model.clone(),
         };
         let t0 = tokio::time::Instant::now();
-        match call(state, req, r, &dctx).await {
+        // Boxed: an awaited future is stored in its caller's state (and copied into it),
+        // so nesting without a box made this handler's future ~57 KB, memcpy'd by every
+        // layer that boxes it. See bench/README.md, session 3.
+        match Box::pin(call(state, req, r, &dctx)).await {
             Ok((answer, ttft)) => {
                 state.health.success(&name, Some(ttft));
                 let header = route.header(*verdict, tried);
-                return finish(state, rid, r, ticket, answer, header, wire).await;
+                return finish(state, rid, r, ticket, answer, header, wire);
             }
             Err(f) => {
                 // The breaker counts what says the upstream is unusable: its faults, and
@@ -578,7 +582,7 @@ pub async fn complete_routed(
 
 /// Settles a served answer and builds the client's response.
 #[allow(clippy::too_many_arguments)]
-async fn finish(
+fn finish(
     state: &Arc<AppState>,
     rid: &RequestId,
     r: &Resolved,

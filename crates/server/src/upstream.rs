@@ -282,6 +282,20 @@ impl TokenCache {
         let Some(req) = codec.token_request(base_url, credentials) else {
             return Ok(credentials.clone());
         };
+        // Boxed: only token-based vendors get here, and a fetch (a whole upstream call)
+        // would otherwise add its size to every request's future.
+        Box::pin(self.fetch(upstream, provider, codec, credentials, req, force_refresh)).await
+    }
+
+    async fn fetch(
+        &self,
+        upstream: &Upstream,
+        provider: &str,
+        codec: &dyn Codec,
+        credentials: &Credentials,
+        req: HttpRequest,
+        force_refresh: bool,
+    ) -> Result<Credentials, UpstreamError> {
         let _guard = self.fetching.lock().await;
         if !force_refresh {
             if let Some(tok) = self.valid(provider) {
