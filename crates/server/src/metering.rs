@@ -588,7 +588,8 @@ impl Ticket {
         let (row, priced) = self.price_and_release(&outcome);
         self.settled = true;
         self.state.metrics.record(&row);
-        self.state.ledger.append(&row).map_err(|e| {
+        self.state.ledger.append(row).map_err(|failed| {
+            let (e, row) = &*failed;
             tracing::error!(error = %e, request_id = %row.id, "ledger write failed");
             GatewayError::new(
                 ErrorKind::Internal,
@@ -746,7 +747,8 @@ impl Drop for Ticket {
         });
         self.settled = true;
         self.state.metrics.record(&row);
-        if let Err(e) = self.state.ledger.append(&row) {
+        if let Err(failed) = self.state.ledger.append(row) {
+            let (e, row) = &*failed;
             tracing::error!(error = %e, request_id = %row.id, "ledger write failed; a row was lost");
         }
     }

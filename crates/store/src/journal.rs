@@ -54,6 +54,8 @@ struct Segment {
     file: File,
     path: PathBuf,
     len: AtomicU64,
+    /// Rows written here whose [`Written`] claim is still alive (not in the store yet).
+    unimported: AtomicU64,
 }
 
 static SEGMENT_SEQ: AtomicU64 = AtomicU64::new(0);
@@ -78,7 +80,21 @@ impl Segment {
             file,
             path,
             len: AtomicU64::new(0),
+            unimported: AtomicU64::new(0),
         })
+    }
+}
+
+/// A claim on a row this process appended and will put in the store itself (its own
+/// importer takes rows from memory, not from the file). Drop it once the row is in the
+/// store: a rotated segment is deleted when no claim on it is left
+/// ([`Journal::reap`]). If the process dies first, the file is still there and the next
+/// importer reads the row from it.
+pub struct Written(std::sync::Arc<Segment>);
+
+impl Drop for Written {
+    fn drop(&mut self) {
+        self.0.unimported.fetch_sub(1, Ordering::AcqRel);
     }
 }
 
@@ -127,7 +143,9 @@ impl serde::Serialize for Positional<'_> {
 /// The writing side: appends rows to this process's segment.
 pub struct Journal {
     dir: PathBuf,
-    active: RwLock<Segment>,
+    active: RwLock<std::sync::Arc<Segment>>,
+    /// Rotated segments whose rows are not all in the store yet (see [`Written`]).
+    retired: std::sync::Mutex<Vec<std::sync::Arc<Segment>>>,
 }
 
 impl Journal {
@@ -138,28 +156,46 @@ impl Journal {
         let seg = Segment::create(&dir)?;
         Ok(Journal {
             dir,
-            active: RwLock::new(seg),
+            active: RwLock::new(std::sync::Arc::new(seg)),
+            retired: std::sync::Mutex::new(Vec::new()),
         })
     }
 
     /// Appends one row: one `write(2)` of one line. When this returns `Ok`, the row
     /// survives the death of the process.
     pub fn append(&self, row: &LedgerRow) -> Result<(), StoreError> {
+        self.write(row).map(|_| ())
+    }
+
+    /// Appends one row like [`Journal::append`], for a process that also hands the row
+    /// to its own importer in memory: the claim keeps the segment until the row is in
+    /// the store, and that importer skips this process's segments ([`Journal::own`]).
+    pub fn append_claimed(&self, row: &LedgerRow) -> Result<Written, StoreError> {
+        self.write(row)
+    }
+
+    fn write(&self, row: &LedgerRow) -> Result<Written, StoreError> {
         let mut line = Vec::with_capacity(512);
         serde_json::to_writer(&mut line, &Positional(row))
             .map_err(|e| StoreError::Invalid(format!("cannot encode a ledger row: {e}")))?;
         line.push(b'\n');
         let seg = self.active.read().map_err(|_| StoreError::Poisoned)?;
+        // Claimed before the write, under the read lock: a rotation (write lock) cannot
+        // retire the segment in between, so `reap` never deletes a file holding a row
+        // that is not in the store yet.
+        seg.unimported.fetch_add(1, Ordering::AcqRel);
+        let claim = Written(seg.clone());
         // O_APPEND: concurrent appends from several threads never interleave.
         (&seg.file)
             .write_all(&line)
             .map_err(|e| io_err(&seg.path, e))?;
         seg.len.fetch_add(line.len() as u64, Ordering::Relaxed);
-        Ok(())
+        Ok(claim)
     }
 
     /// Starts a new segment when the current one holds more than `limit` bytes. The old
-    /// one is closed (its lock released: it is sealed) and left for the importer.
+    /// one is sealed (closed, its lock released when its last claim goes) and left for
+    /// the importer.
     pub fn rotate_if_larger(&self, limit: u64) -> Result<bool, StoreError> {
         {
             let seg = self.active.read().map_err(|_| StoreError::Poisoned)?;
@@ -167,11 +203,59 @@ impl Journal {
                 return Ok(false);
             }
         }
-        let new = Segment::create(&self.dir)?;
-        let mut seg = self.active.write().map_err(|_| StoreError::Poisoned)?;
-        // The old segment is dropped here: its file closes and its lock goes with it.
-        *seg = new;
+        let new = std::sync::Arc::new(Segment::create(&self.dir)?);
+        let old = {
+            let mut seg = self.active.write().map_err(|_| StoreError::Poisoned)?;
+            std::mem::replace(&mut *seg, new)
+        };
+        // A segment with rows still claimed stays open (and locked) until they are in
+        // the store; one without is sealed now, for whichever importer comes next.
+        if old.unimported.load(Ordering::Acquire) > 0 {
+            self.retired
+                .lock()
+                .map_err(|_| StoreError::Poisoned)?
+                .push(old);
+        }
         Ok(true)
+    }
+
+    /// This process's segments: the active one and rotated ones with rows still claimed.
+    /// Its own importer skips them (it has their rows in memory).
+    pub fn own(&self) -> Result<Vec<PathBuf>, StoreError> {
+        let mut out = vec![self
+            .active
+            .read()
+            .map_err(|_| StoreError::Poisoned)?
+            .path
+            .clone()];
+        let retired = self.retired.lock().map_err(|_| StoreError::Poisoned)?;
+        out.extend(retired.iter().map(|s| s.path.clone()));
+        Ok(out)
+    }
+
+    /// Deletes rotated segments with no claim left: all their rows are in the store.
+    pub fn reap(&self) -> Result<usize, StoreError> {
+        let mut retired = self.retired.lock().map_err(|_| StoreError::Poisoned)?;
+        let mut removed = 0;
+        let mut err = None;
+        retired.retain(|seg| {
+            if seg.unimported.load(Ordering::Acquire) > 0 {
+                return true;
+            }
+            match std::fs::remove_file(&seg.path) {
+                Ok(()) => removed += 1,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => {
+                    err = Some(io_err(&seg.path, e));
+                    return true;
+                }
+            }
+            false
+        });
+        match err {
+            Some(e) => Err(e),
+            None => Ok(removed),
+        }
     }
 }
 
@@ -204,6 +288,16 @@ impl Importer {
     /// Imports every complete line not imported yet, and deletes sealed segments once
     /// their rows are in `store`.
     pub fn run(&mut self, store: &dyn LedgerStore) -> Result<Imported, StoreError> {
+        self.run_skipping(store, &[])
+    }
+
+    /// [`Importer::run`], leaving out the segments in `skip` (the calling process's own:
+    /// their rows come to its importer in memory, see [`Written`]).
+    pub fn run_skipping(
+        &mut self,
+        store: &dyn LedgerStore,
+        skip: &[PathBuf],
+    ) -> Result<Imported, StoreError> {
         let mut done = Imported::default();
         let entries = match std::fs::read_dir(&self.dir) {
             Ok(e) => e,
@@ -212,7 +306,7 @@ impl Importer {
         };
         let mut paths: Vec<PathBuf> = entries
             .filter_map(|e| e.ok().map(|e| e.path()))
-            .filter(|p| p.extension().is_some_and(|x| x == "jsonl"))
+            .filter(|p| p.extension().is_some_and(|x| x == "jsonl") && !skip.contains(p))
             .collect();
         paths.sort();
         self.read_to.retain(|p, _| paths.contains(p));
@@ -618,6 +712,40 @@ mod tests {
         assert_eq!(segments(&dir), 0);
         assert_eq!(ids(&s), ["a", "b"]);
         std::fs::remove_dir_all(dir).ok();
+    }
+
+    #[test]
+    fn claimed_rows_keep_a_rotated_segment_until_they_are_in_the_store() {
+        let dir = tmp();
+        let j = Journal::open(&dir).unwrap();
+        let a = j.append_claimed(&row("a", 5)).unwrap();
+        assert!(j.rotate_if_larger(10).unwrap());
+        let b = j.append_claimed(&row("b", 7)).unwrap();
+        // Both segments are this process's: its own importer skips them.
+        let own = j.own().unwrap();
+        assert_eq!(own.len(), 2);
+        assert_eq!(segments(&dir), 2);
+        // The rotated one is still locked: another process's importer reads its lines
+        // but does not delete it.
+        let other = SqliteStore::open(&dir).unwrap();
+        let got = import_all(&dir, &other).unwrap();
+        assert_eq!((got.rows, got.segments_removed), (2, 0));
+        assert_eq!(j.reap().unwrap(), 0, "a claim is alive");
+        drop(a); // "a" is in the store
+        assert_eq!(j.reap().unwrap(), 1);
+        assert_eq!(segments(&dir), 1);
+        assert_eq!(j.own().unwrap().len(), 1);
+        // A process that ends before its importer took "b" leaves the line in its
+        // (now unlocked) segment for the next importer.
+        drop(j);
+        drop(b);
+        let fresh_dir = tmp();
+        let fresh = SqliteStore::open(&fresh_dir).unwrap();
+        let got = import_all(&dir, &fresh).unwrap();
+        assert_eq!((got.rows, got.segments_removed), (1, 1));
+        assert_eq!(ids(&fresh), ["b"]);
+        std::fs::remove_dir_all(dir).ok();
+        std::fs::remove_dir_all(fresh_dir).ok();
     }
 
     #[test]
