@@ -668,24 +668,21 @@ fn finish(
 /// The head of a streamed answer.
 fn stream_headers(r: &Resolved, route_header: Option<&str>, ticket: &Ticket) -> HeaderMap {
     let mut h = HeaderMap::with_capacity(16);
-    {
-        let h = &mut h;
-        h.insert(
-            hdr::CONTENT_TYPE,
-            HeaderValue::from_static("text/event-stream"),
-        );
-        h.insert(hdr::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
-        h.insert(hdr::X_ACCEL_BUFFERING, HeaderValue::from_static("no"));
-        add_route_headers(h, r);
-        if let Some(v) = route_header {
-            insert(h, hdr::ROUTE, v);
-        }
-        if let Some(max) = &ticket.max_cost {
-            insert(h, hdr::COST_MAX, &max.to_string());
-        }
-        for (k, v) in &ticket.rate_headers {
-            insert(h, k.clone(), v);
-        }
+    h.insert(
+        hdr::CONTENT_TYPE,
+        HeaderValue::from_static("text/event-stream"),
+    );
+    h.insert(hdr::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    h.insert(hdr::X_ACCEL_BUFFERING, HeaderValue::from_static("no"));
+    add_route_headers(&mut h, r);
+    if let Some(v) = route_header {
+        insert(&mut h, hdr::ROUTE, v);
+    }
+    if let Some(max) = &ticket.max_cost {
+        insert(&mut h, hdr::COST_MAX, &max.to_string());
+    }
+    for (k, v) in &ticket.rate_headers {
+        insert(&mut h, k.clone(), v);
     }
     h
 }
