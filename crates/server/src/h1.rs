@@ -671,7 +671,7 @@ impl Drop for Body {
             }
             // One look at the socket (plain TCP only), without blocking.
             let Io::Plain(tcp) = &conn.io else { return };
-            if attempt == 1 || conn.buf.capacity() - conn.buf.len() < 64 {
+            if attempt == 1 {
                 return;
             }
             let mut probe = [0u8; 512];
