@@ -181,7 +181,7 @@ fn parse_port(p: &str) -> Result<u16, UpstreamError> {
         .map_err(|_| invalid(format!("invalid upstream URL: bad port '{p}'")))
 }
 
-/// An origin's idle connections, each with when it went idle.
+/// An origin's idle connections, each with the moment it must not be used after.
 type Idle = (Arc<str>, Vec<(Conn, Instant)>);
 
 /// Idle connections per origin (a gateway talks to a handful: a list is enough).
@@ -205,21 +205,33 @@ impl Pool {
         };
         let (key, conns) = &mut idle[slot];
         let now = Instant::now();
-        while let Some((mut conn, since)) = conns.pop() {
-            if now.duration_since(since) < self.idle_timeout && conn.looks_alive() {
+        while let Some((mut conn, until)) = conns.pop() {
+            if now < until && conn.looks_alive() {
                 return (Some(conn), key.clone());
             }
         }
         (None, key.clone())
     }
 
-    fn put_back(&self, origin: &Arc<str>, conn: Conn) {
+    /// Pools a connection for at most the pool's idle time, or less when the upstream
+    /// announced how long it keeps an idle connection (`Keep-Alive: timeout=N`): a
+    /// second before that, so a reused connection is not one it is closing just then.
+    fn put_back(&self, origin: &Arc<str>, conn: Conn, keep_alive: Option<Duration>) {
+        let ttl = match keep_alive {
+            Some(t) => self
+                .idle_timeout
+                .min(t.saturating_sub(Duration::from_secs(1))),
+            None => self.idle_timeout,
+        };
+        if ttl.is_zero() {
+            return;
+        }
         let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
         if let Some((_, conns)) = idle.iter_mut().find(|(k, _)| Arc::ptr_eq(k, origin)) {
             let now = Instant::now();
-            conns.retain(|(_, since)| now.duration_since(*since) < self.idle_timeout);
+            conns.retain(|(_, until)| now < *until);
             if conns.len() < self.max_idle_per_origin {
-                conns.push((conn, now));
+                conns.push((conn, now + ttl));
             }
         }
     }
@@ -352,6 +364,7 @@ impl Client {
                 conn: Some(conn),
                 framing: head.framing,
                 reusable: head.reusable,
+                keep_alive: head.keep_alive,
                 pool: self.pool.clone(),
                 origin,
             },
@@ -452,6 +465,8 @@ struct Head {
     retry_after: Option<u64>,
     framing: Framing,
     reusable: bool,
+    /// `Keep-Alive: timeout=N`: how long the upstream keeps the connection idle.
+    keep_alive: Option<Duration>,
 }
 
 fn protocol(msg: impl Into<String>) -> UpstreamError {
@@ -520,6 +535,7 @@ fn interpret(
     let mut length: Option<u64> = None;
     let mut chunked = false;
     let mut close = resp.version == Some(0);
+    let mut keep_alive = None;
     for h in resp.headers.iter() {
         let value = || std::str::from_utf8(h.value).ok().map(str::trim);
         if h.name.eq_ignore_ascii_case("content-type") {
@@ -543,6 +559,17 @@ fn interpret(
             if !chunked {
                 close = true; // an unknown coding: read to the close
             }
+        } else if h.name.eq_ignore_ascii_case("keep-alive") {
+            keep_alive = value().and_then(|v| {
+                v.split(',').find_map(|p| {
+                    let (k, n) = p.split_once('=')?;
+                    k.trim()
+                        .eq_ignore_ascii_case("timeout")
+                        .then(|| n.trim().parse::<u64>().ok())
+                        .flatten()
+                        .map(Duration::from_secs)
+                })
+            });
         } else if h.name.eq_ignore_ascii_case("connection") {
             let v = value().unwrap_or("");
             if v.split(',').any(|t| t.trim().eq_ignore_ascii_case("close")) {
@@ -578,6 +605,7 @@ fn interpret(
             retry_after,
             framing,
             reusable: !close && status != 101,
+            keep_alive,
         }),
     ))
 }
@@ -588,6 +616,7 @@ pub struct Body {
     conn: Option<Conn>,
     framing: Framing,
     reusable: bool,
+    keep_alive: Option<Duration>,
     pool: Arc<Pool>,
     origin: Arc<str>,
 }
@@ -642,7 +671,7 @@ impl Body {
     fn release(&mut self) {
         if let Some(conn) = self.conn.take() {
             if self.reusable && conn.buf.is_empty() {
-                self.pool.put_back(&self.origin, conn);
+                self.pool.put_back(&self.origin, conn, self.keep_alive);
             }
         }
     }
@@ -910,6 +939,25 @@ mod tests {
         // All three on one connection; the last said close, so it is not pooled.
         assert_eq!(server.await.unwrap(), 1);
         assert!(c.pool.checkout(parse_url(&url).unwrap().origin).0.is_none());
+    }
+
+    #[tokio::test]
+    async fn an_announced_keep_alive_timeout_shortens_pooling() {
+        // timeout=1: pooled for 0 s, so not at all; timeout=5: pooled (for 4 s).
+        let short =
+            b"HTTP/1.1 200 OK\r\nKeep-Alive: timeout=1, max=100\r\nContent-Length: 2\r\n\r\nok"
+                .to_vec();
+        let long =
+            b"HTTP/1.1 200 OK\r\nKeep-Alive: timeout=5\r\nContent-Length: 2\r\n\r\nok".to_vec();
+        let (url, server) = server(vec![short, long.clone(), long], false).await;
+        let c = client();
+        for _ in 0..3 {
+            let r = c.send("POST", &url, &[], b"{}").await.unwrap();
+            assert_eq!(body_of(r.body).await.unwrap(), b"ok");
+        }
+        drop(c);
+        // The first answer's connection was not pooled; the second's served the third.
+        assert_eq!(server.await.unwrap(), 2);
     }
 
     #[tokio::test]
