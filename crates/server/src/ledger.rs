@@ -21,7 +21,7 @@
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use tollgate_store::journal::{Importer, Journal, Written, ROTATE_BYTES};
+use tollgate_store::journal::{Importer, Journal, Written, BATCH, ROTATE_BYTES};
 use tollgate_store::{LedgerRow, LedgerStore};
 
 /// How often the importer moves journaled rows into the store. Short, so each import is a
@@ -39,9 +39,6 @@ struct Pending {
     /// One per row, same order.
     claims: Vec<Written>,
 }
-
-/// Rows handed to the store per transaction.
-const BATCH: usize = 2048;
 
 /// A handle to the journal and its importer. Cloning is cheap.
 #[derive(Clone)]

@@ -50,12 +50,7 @@ pub enum UpstreamBody {
 }
 
 /// A response whose head has arrived.
-pub struct UpstreamResponse {
-    pub status: u16,
-    pub content_type: Option<String>,
-    pub retry_after: Option<u64>,
-    pub body: crate::h1::Body,
-}
+pub type UpstreamResponse = crate::h1::Response;
 
 impl Upstream {
     /// A client with `pools` connection pools (one per serving thread, at least one).
@@ -197,13 +192,7 @@ impl Upstream {
                     self.timeouts.first_byte.as_millis()
                 ),
             )),
-            Ok(Err(e)) => Err(e),
-            Ok(Ok(r)) => Ok(UpstreamResponse {
-                status: r.status,
-                content_type: r.content_type,
-                retry_after: r.retry_after,
-                body: r.body,
-            }),
+            Ok(r) => r,
         }
     }
 

@@ -35,8 +35,8 @@ pub const ROTATE_BYTES: u64 = 8 * 1024 * 1024;
 
 /// Bytes read from a segment at a time.
 const CHUNK: usize = 64 * 1024;
-/// Rows handed to the store per transaction.
-const BATCH: usize = 2048;
+/// Rows handed to the store per transaction (also by the gateway's in-memory hand-off).
+pub const BATCH: usize = 2048;
 
 /// The journal directory of a data directory.
 pub fn journal_dir(data_dir: &Path) -> PathBuf {
