@@ -127,6 +127,19 @@ pub trait Codec: Send + Sync + 'static {
     /// in answer to a stream request). `retry_after` is the header's value, if any.
     fn decode_error(&self, status: u16, body: &[u8], retry_after: Option<u64>) -> UpstreamError;
 
+    /// For vendors that speak OpenAI's Chat Completions as OpenAI writes it: a successful
+    /// non-stream body that an OpenAI client may be sent exactly as the vendor wrote it,
+    /// adding only `usage.cost` ([`Verbatim::with_cost`]), instead of decoding it into
+    /// the canonical answer and encoding that again. Nothing the vendor sent is lost
+    /// (fields tollgate does not know pass through) and the hot path skips two passes.
+    ///
+    /// `None` means "decode it": another protocol, or a body that is not plainly an
+    /// answer with usage (no usage, an error object, a `cost` already in the usage, a
+    /// missing id, ...). Called only for status 200.
+    fn verbatim(&self, _body: &[u8]) -> Option<Verbatim> {
+        None
+    }
+
     /// A decoder for one stream. `content_type` is the response's Content-Type.
     fn stream_decoder(&self, ctx: &DecodeCtx, content_type: Option<&str>)
         -> Box<dyn StreamDecoder>;
@@ -143,6 +156,34 @@ pub trait Codec: Send + Sync + 'static {
     /// Reads the answer to [`Codec::token_request`].
     fn decode_token(&self, status: u16, body: &[u8]) -> Result<FetchedToken, UpstreamError> {
         Err(self.decode_error(status, body, None))
+    }
+}
+
+/// What [`Codec::verbatim`] read from a body it lets through unchanged.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Verbatim {
+    /// The vendor's usage, read as [`Codec::decode`] would have.
+    pub usage: Usage,
+    /// Byte offset of the usage object's closing `}` in the body.
+    pub usage_close: usize,
+    /// Whether the usage object has members (an added one needs a comma first).
+    pub usage_has_members: bool,
+}
+
+impl Verbatim {
+    /// `body` with `"cost": cost` added as the usage object's last member.
+    pub fn with_cost(&self, body: &[u8], cost: &str) -> Vec<u8> {
+        let (head, tail) = body.split_at(self.usage_close);
+        let mut out = Vec::with_capacity(body.len() + cost.len() + 10);
+        out.extend_from_slice(head);
+        if self.usage_has_members {
+            out.push(b',');
+        }
+        out.extend_from_slice(b"\"cost\":");
+        // A cost is digits, a dot and a currency code; written as a JSON string anyway.
+        let _ = serde_json::to_writer(&mut out, cost);
+        out.extend_from_slice(tail);
+        out
     }
 }
 

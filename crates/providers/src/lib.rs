@@ -32,6 +32,7 @@ pub mod ernie;
 pub mod framing;
 pub mod gemini;
 pub mod hunyuan;
+pub mod jscan;
 pub mod media;
 pub mod openai;
 pub mod qwen;
@@ -43,6 +44,6 @@ pub mod zhipu;
 
 pub use codec::{
     Codec, Credentials, DecodeCtx, EncodeCtx, FetchedToken, HttpRequest, Outbound, StreamDecoder,
-    StreamEvent, WsRequest,
+    StreamEvent, Verbatim, WsRequest,
 };
 pub use registry::{codec_for, Mode};

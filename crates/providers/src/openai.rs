@@ -20,7 +20,7 @@ use tollgate_core::{GatewayError, UpstreamError, UpstreamErrorKind};
 
 use crate::codec::{
     excerpt, join_url, Codec, DecodeCtx, EncodeCtx, HttpRequest, Outbound, StreamDecoder,
-    StreamEvent,
+    StreamEvent, Verbatim,
 };
 
 /// Which dialect of the OpenAI protocol a provider speaks.
@@ -165,6 +165,15 @@ impl Codec for OpenAiCodec {
         decode_openai_error(status, body, retry_after)
     }
 
+    /// OpenAI's own answers only: the dialects' usage is rewritten into OpenAI's shape
+    /// (DeepSeek's and Moonshot's cache fields), and `openai_compatible` servers vary.
+    fn verbatim(&self, body: &[u8]) -> Option<Verbatim> {
+        if self.flavor != Flavor::OpenAi {
+            return None;
+        }
+        verbatim_answer(body)
+    }
+
     fn stream_decoder(
         &self,
         ctx: &DecodeCtx,
@@ -172,6 +181,47 @@ impl Codec for OpenAiCodec {
     ) -> Box<dyn StreamDecoder> {
         Box::new(OpenAiStream::new(ctx.clone()))
     }
+}
+
+/// A Chat Completions answer that can be relayed as it is: a JSON object with a
+/// non-empty string `id`, an integer `created`, a string `model`, a `choices` array, a
+/// usage object without a `cost`, and no error. See [`Codec::verbatim`]. The body is
+/// validated as JSON whole ([`crate::jscan`]); only the usage is parsed.
+pub fn verbatim_answer(body: &[u8]) -> Option<Verbatim> {
+    let [id, created, model, choices, usage, error] = crate::jscan::top_level(
+        body,
+        ["id", "created", "model", "choices", "usage", "error"],
+    )
+    .ok()?;
+    let text = |r: &std::ops::Range<usize>| &body[r.clone()];
+    let is_string = |r: &std::ops::Range<usize>| text(r).first() == Some(&b'"');
+    if !id.as_ref().is_some_and(|r| is_string(r) && r.len() > 2)
+        || !model.as_ref().is_some_and(is_string)
+        || !choices
+            .as_ref()
+            .is_some_and(|r| text(r).first() == Some(&b'['))
+        || error.as_ref().is_some_and(|r| text(r) != b"null")
+    {
+        return None;
+    }
+    std::str::from_utf8(text(&created?))
+        .ok()?
+        .parse::<i64>()
+        .ok()?;
+    let usage_range = usage?;
+    let raw = text(&usage_range);
+    if raw.first() != Some(&b'{') {
+        return None;
+    }
+    let usage: Usage = serde_json::from_slice(raw).ok()?;
+    if usage.cost.is_some() {
+        return None;
+    }
+    Some(Verbatim {
+        usage,
+        usage_close: usage_range.end - 1,
+        usage_has_members: !raw[1..raw.len() - 1].trim_ascii().is_empty(),
+    })
 }
 
 fn trim_ascii_start(b: &[u8]) -> &[u8] {
@@ -570,5 +620,120 @@ mod tests {
             (e.kind, e.message.as_str()),
             (UpstreamErrorKind::Server, "<html>bad gateway</html>")
         );
+    }
+
+    /// An answer with fields tollgate has no type for, as OpenAI sends it.
+    const ANSWER: &str = r#"{"id":"chatcmpl-1","object":"chat.completion","created":7,"model":"gpt-4o-mini-2024-07-18","choices":[{"index":0,"message":{"role":"assistant","content":"hi \"there\"","refusal":null,"annotations":[]},"logprobs":null,"finish_reason":"stop"}],"usage":{"prompt_tokens":9,"completion_tokens":3,"total_tokens":12,"prompt_tokens_details":{"cached_tokens":4,"audio_tokens":0},"completion_tokens_details":{"reasoning_tokens":1,"accepted_prediction_tokens":0}},"service_tier":"default","system_fingerprint":"fp_1"}"#;
+
+    #[test]
+    fn openai_answers_are_relayed_verbatim_with_cost_added() {
+        let codec = OpenAiCodec::new(Flavor::OpenAi);
+        let v = codec.verbatim(ANSWER.as_bytes()).expect("verbatim");
+        // The usage is read exactly as the decode path reads it.
+        let decoded = codec.decode(200, ANSWER.as_bytes(), &dctx()).unwrap();
+        assert_eq!(Some(&v.usage), decoded.usage.as_ref());
+        assert_eq!((v.usage.cached_tokens, v.usage.reasoning_tokens), (4, 1));
+
+        let out = v.with_cost(ANSWER.as_bytes(), "0.0000123 USD");
+        let mut got: Value = serde_json::from_slice(&out).unwrap();
+        assert_eq!(got["usage"]["cost"], "0.0000123 USD");
+        got["usage"].as_object_mut().unwrap().remove("cost");
+        // Everything else, unknown fields included, is byte for byte what the vendor sent.
+        assert_eq!(got, serde_json::from_str::<Value>(ANSWER).unwrap());
+        let plain = String::from_utf8(out).unwrap();
+        assert_eq!(
+            plain.replace(r#","cost":"0.0000123 USD""#, ""),
+            ANSWER,
+            "only the cost is added"
+        );
+    }
+
+    #[test]
+    fn verbatim_handles_empty_and_spaced_usage_objects() {
+        let body = r#"{"id":"a","created":1,"model":"m","choices":[],"usage": { } }"#;
+        let v = verbatim_answer(body.as_bytes()).unwrap();
+        assert!(!v.usage_has_members);
+        let out = v.with_cost(body.as_bytes(), "1 USD");
+        assert_eq!(
+            serde_json::from_slice::<Value>(&out).unwrap()["usage"],
+            json!({"cost": "1 USD"})
+        );
+
+        let body = "\n {\"usage\" :\n{\"prompt_tokens\": 2 ,\"completion_tokens\":1\n}\t, \"choices\":[{}],\"model\":\"m\",\"created\":1,\"id\":\"x\"}";
+        let v = verbatim_answer(body.as_bytes()).unwrap();
+        assert_eq!((v.usage.prompt_tokens, v.usage.completion_tokens), (2, 1));
+        let out = v.with_cost(body.as_bytes(), "2 CNY");
+        let got: Value = serde_json::from_slice(&out).unwrap();
+        assert_eq!(got["usage"]["cost"], "2 CNY");
+        assert_eq!(got["usage"]["prompt_tokens"], 2);
+    }
+
+    #[test]
+    fn bodies_that_are_not_plain_answers_are_decoded_instead() {
+        let answer: Value = serde_json::from_str(ANSWER).unwrap();
+        let with = |f: &dyn Fn(&mut Value)| {
+            let mut v = answer.clone();
+            f(&mut v);
+            serde_json::to_vec(&v).unwrap()
+        };
+        let cases: Vec<(&str, Vec<u8>)> = vec![
+            (
+                "no usage",
+                with(&|v| {
+                    v.as_object_mut().unwrap().remove("usage");
+                }),
+            ),
+            ("null usage", with(&|v| v["usage"] = Value::Null)),
+            ("usage not an object", with(&|v| v["usage"] = json!([1]))),
+            ("a cost already", with(&|v| v["usage"]["cost"] = json!(0.5))),
+            (
+                "a string cost already",
+                with(&|v| v["usage"]["cost"] = json!("1 USD")),
+            ),
+            (
+                "an error object",
+                with(&|v| v["error"] = json!({"message": "x"})),
+            ),
+            ("empty id", with(&|v| v["id"] = json!(""))),
+            (
+                "no choices",
+                with(&|v| {
+                    v.as_object_mut().unwrap().remove("choices");
+                }),
+            ),
+            (
+                "no model",
+                with(&|v| {
+                    v.as_object_mut().unwrap().remove("model");
+                }),
+            ),
+            ("not an object", b"[1,2]".to_vec()),
+            ("cut short", ANSWER.as_bytes()[..ANSWER.len() - 1].to_vec()),
+            ("trailing bytes", format!("{ANSWER} x").into_bytes()),
+            (
+                "duplicate usage",
+                ANSWER
+                    .replacen("\"usage\":", "\"usage\":{},\"usage\":", 1)
+                    .into_bytes(),
+            ),
+        ];
+        for (what, body) in cases {
+            assert!(verbatim_answer(&body).is_none(), "{what}");
+            // The decode path then reports what is wrong (or reads what it can).
+            let _ = OpenAiCodec::new(Flavor::OpenAi).decode(200, &body, &dctx());
+        }
+        // A null error is no error.
+        assert!(verbatim_answer(&with(&|v| v["error"] = Value::Null)).is_some());
+        // Only OpenAI itself: the dialects' usage is rewritten into OpenAI's shape.
+        for flavor in [
+            Flavor::DeepSeek,
+            Flavor::Moonshot,
+            Flavor::Mistral,
+            Flavor::Compatible,
+        ] {
+            assert!(OpenAiCodec::new(flavor)
+                .verbatim(ANSWER.as_bytes())
+                .is_none());
+        }
     }
 }

@@ -200,6 +200,8 @@ impl Failure {
 /// What the upstream call produced.
 enum Answer {
     Full(tollgate_core::ChatResponse),
+    /// An OpenAI answer relayed as the vendor wrote it ([`tollgate_providers::Codec::verbatim`]).
+    Verbatim(Bytes, tollgate_providers::Verbatim),
     Stream {
         body: UpstreamBody,
         decoder: Box<dyn StreamDecoder>,
@@ -215,6 +217,7 @@ async fn call(
     req: &ChatRequest,
     r: &Resolved,
     dctx: &DecodeCtx,
+    verbatim: bool,
 ) -> Result<(Answer, std::time::Duration), Failure> {
     let p = &r.provider;
     let fail = |e: &UpstreamError| Failure {
@@ -233,7 +236,7 @@ async fn call(
         )
         .await
         .map_err(|e| fail(&e))?;
-    match call_once(state, req, r, dctx, &creds).await {
+    match call_once(state, req, r, dctx, &creds, verbatim).await {
         Err(f) if f.retry_with_new_token && creds.access_token.is_some() => {
             let creds = state
                 .tokens
@@ -248,19 +251,21 @@ async fn call(
                 .await
                 .map_err(|e| fail(&e))?;
             // The rare second try is boxed so it adds nothing to this future's size.
-            Box::pin(call_once(state, req, r, dctx, &creds)).await
+            Box::pin(call_once(state, req, r, dctx, &creds, verbatim)).await
         }
         other => other,
     }
 }
 
-/// Encodes, sends, and reads the answer (or the stream's first events).
+/// Encodes, sends, and reads the answer (or the stream's first events). `verbatim`: the
+/// client speaks OpenAI, so an OpenAI answer may be relayed as it came.
 async fn call_once(
     state: &Arc<AppState>,
     req: &ChatRequest,
     r: &Resolved,
     dctx: &DecodeCtx,
     creds: &tollgate_providers::Credentials,
+    verbatim: bool,
 ) -> Result<(Answer, std::time::Duration), Failure> {
     // Time to the response head (HTTP) or to the first decoded events (streams and
     // WebSocket exchanges): the TTFT health tracks.
@@ -310,6 +315,11 @@ async fn call_once(
                     .read_all(resp.body, MAX_UPSTREAM_BODY)
                     .await
                     .map_err(|e| billed(&e))?;
+                if verbatim && resp.status == 200 {
+                    if let Some(v) = codec.verbatim(&body) {
+                        return Ok((Answer::Verbatim(body, v), head));
+                    }
+                }
                 return match codec.decode(resp.status, &body, dctx) {
                     Ok(out) => Ok((Answer::Full(out), head)),
                     // An error the vendor reports inside a 200 (ERNIE, Hunyuan) was not billed.
@@ -497,7 +507,8 @@ pub async fn complete_routed(
         // Boxed: an awaited future is stored in its caller's state (and copied into it),
         // so nesting without a box made this handler's future ~57 KB, memcpy'd by every
         // layer that boxes it. See bench/README.md, session 3.
-        match Box::pin(call(state, req, r, &dctx)).await {
+        let verbatim = matches!(wire, Wire::OpenAi { .. });
+        match Box::pin(call(state, req, r, &dctx, verbatim)).await {
             Ok((answer, ttft)) => {
                 state.health.success(&name, Some(ttft));
                 let header = route.header(*verdict, tried);
@@ -586,15 +597,41 @@ fn finish(
     state: &Arc<AppState>,
     rid: &RequestId,
     r: &Resolved,
-    ticket: Ticket,
+    mut ticket: Ticket,
     answer: Answer,
     route_header: Option<String>,
     wire: Wire,
 ) -> Result<Response, GatewayError> {
     let ttft = Some(ticket.elapsed_ms());
     match answer {
+        Answer::Verbatim(body, v) => {
+            // Settling does not need them: taken, not copied.
+            let rate_headers = std::mem::take(&mut ticket.rate_headers);
+            let priced = ticket.settle(Outcome {
+                usage: Some(v.usage.clone()),
+                completion_estimate: 0,
+                upstream_reached: true,
+                status: "ok",
+                http_status: 200,
+                ttft_ms: ttft,
+            })?;
+            let body = match &priced.cost {
+                Some(cost) => Bytes::from(v.with_cost(&body, &cost.to_string())),
+                None => body,
+            };
+            let mut response = Response::new(Body::from(body));
+            full_headers(
+                response.headers_mut(),
+                r,
+                route_header.as_deref(),
+                &priced,
+                &rate_headers,
+            );
+            Ok(response)
+        }
         Answer::Full(mut out) => {
-            let rate_headers = ticket.rate_headers.clone();
+            // Settling does not need them: taken, not copied.
+            let rate_headers = std::mem::take(&mut ticket.rate_headers);
             let priced = ticket.settle(Outcome {
                 usage: out.usage.clone(),
                 completion_estimate: completion_tokens_of(&out),
@@ -608,22 +645,13 @@ fn finish(
             }
             let json = wire.full_body(&out)?;
             let mut response = Response::new(Body::from(json));
-            let h = response.headers_mut();
-            h.insert(
-                hdr::CONTENT_TYPE,
-                HeaderValue::from_static("application/json"),
+            full_headers(
+                response.headers_mut(),
+                r,
+                route_header.as_deref(),
+                &priced,
+                &rate_headers,
             );
-            add_route_headers(h, r);
-            if let Some(v) = &route_header {
-                insert(h, hdr::ROUTE, v);
-            }
-            insert(h, hdr::COST, &priced.header());
-            if let Some(c) = priced.converted_header() {
-                insert(h, hdr::COST_CONVERTED, &c);
-            }
-            for (k, v) in &rate_headers {
-                insert(h, k.clone(), v);
-            }
             Ok(response)
         }
         Answer::Stream {
@@ -662,6 +690,31 @@ fn finish(
             *response.headers_mut() = headers;
             Ok(response)
         }
+    }
+}
+
+/// The head of a non-stream answer.
+fn full_headers(
+    h: &mut HeaderMap,
+    r: &Resolved,
+    route_header: Option<&str>,
+    priced: &metering::Priced,
+    rate_headers: &[(axum::http::HeaderName, String)],
+) {
+    h.insert(
+        hdr::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    add_route_headers(h, r);
+    if let Some(v) = route_header {
+        insert(h, hdr::ROUTE, v);
+    }
+    insert(h, hdr::COST, &priced.header());
+    if let Some(c) = priced.converted_header() {
+        insert(h, hdr::COST_CONVERTED, &c);
+    }
+    for (k, v) in rate_headers {
+        insert(h, k.clone(), v);
     }
 }
 
