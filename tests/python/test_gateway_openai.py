@@ -243,3 +243,118 @@ def test_revocation_takes_effect_within_a_second(demo):
     time.sleep(1.0)
     with pytest.raises(openai.AuthenticationError):
         c.chat.completions.create(model=MODELS[1], messages=[{"role": "user", "content": "x"}])
+
+
+class _StubUpstream:
+    """A one-route OpenAI stand-in on a free loopback port that answers every chat
+    request with `body` (bytes), as a vendor adding fields tollgate has no type for would."""
+
+    def __init__(self, body):
+        import http.server
+        import threading
+
+        stub = self
+        self.body = body
+        self.requests = []
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def do_POST(self):
+                n = int(self.headers.get("content-length", "0"))
+                stub.requests.append(json.loads(self.rfile.read(n)))
+                self.send_response(200)
+                self.send_header("content-type", "application/json")
+                self.send_header("content-length", str(len(stub.body)))
+                self.end_headers()
+                self.wfile.write(stub.body)
+
+            def log_message(self, *args):
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self):
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def test_openai_answers_pass_through_verbatim_with_cost(gateway):
+    """An OpenAI answer reaches an OpenAI client as OpenAI wrote it: fields tollgate does not
+    model (service_tier, annotations, audio token details, a new top-level field) survive,
+    only `usage.cost` is added, and the ledger has the usage."""
+    answer = {
+        "id": "chatcmpl-verbatim-1", "object": "chat.completion", "created": 1_790_000_000,
+        "model": "gpt-4o-mini-2024-07-18", "service_tier": "default",
+        "system_fingerprint": "fp_44709d6fcb", "brand_new_field": {"nested": [1, 2, 3]},
+        "choices": [{"index": 0, "finish_reason": "stop", "logprobs": None,
+                     "message": {"role": "assistant", "content": "caf\u00e9 \"quoted\"",
+                                 "refusal": None, "annotations": []}}],
+        "usage": {"prompt_tokens": 1200, "completion_tokens": 300, "total_tokens": 1500,
+                  "prompt_tokens_details": {"cached_tokens": 1000, "audio_tokens": 0},
+                  "completion_tokens_details": {"reasoning_tokens": 0, "audio_tokens": 0,
+                                                "accepted_prediction_tokens": 0,
+                                                "rejected_prediction_tokens": 0}},
+    }
+    stub = _StubUpstream(json.dumps(answer, ensure_ascii=False).encode())
+    try:
+        gw = gateway(upstream_config(stub.url))
+        status, headers, body = raw(gw, {"model": "openai/gpt-4o-mini",
+                                         "messages": [{"role": "user", "content": "hi"}]})
+        assert status == 200, body
+        got = json.loads(body)
+        cost = got["usage"].pop("cost")
+        assert got == answer
+        assert cost == headers["x-tollgate-cost"] and cost.endswith(" USD")
+        # The cache discount was applied: 1,000 of the 1,200 prompt tokens were cached.
+        assert stub.requests[-1]["model"] == "gpt-4o-mini"
+
+        # The official SDK reads it, unknown fields included.
+        r = client(gw).chat.completions.create(model="openai/gpt-4o-mini",
+                                               messages=[{"role": "user", "content": "hi"}])
+        assert r.service_tier == "default" and r.choices[0].message.content == "caf\u00e9 \"quoted\""
+        assert r.usage.prompt_tokens_details.cached_tokens == 1000
+        assert r.model_extra["brand_new_field"] == {"nested": [1, 2, 3]}
+
+        req = urllib.request.Request(gw["url"] + "/admin/usage?by=request",
+                                     headers={"Authorization": f"Bearer {gw['admin_key']}"})
+        rows = json.loads(urllib.request.urlopen(req).read())["lines"]
+        assert rows and all(r["prompt_tokens"] == 1200 and r["completion_tokens"] == 300 for r in rows), rows
+    finally:
+        stub.close()
+
+
+@pytest.mark.parametrize("mangle", ["no_usage", "cost_already", "error_in_200"])
+def test_answers_that_cannot_pass_verbatim_are_decoded(gateway, mangle):
+    """What the verbatim relay declines goes through the decoder, as before: an answer
+    without usage is still answered (and metered by estimate), a vendor's own `cost` is
+    not duplicated, and an error object inside a 200 is an error."""
+    answer = {"id": "chatcmpl-2", "object": "chat.completion", "created": 1, "model": "gpt-4o-mini",
+              "choices": [{"index": 0, "finish_reason": "stop",
+                           "message": {"role": "assistant", "content": "hello"}}],
+              "usage": {"prompt_tokens": 5, "completion_tokens": 2, "total_tokens": 7}}
+    if mangle == "no_usage":
+        del answer["usage"]
+    elif mangle == "cost_already":
+        answer["usage"]["cost"] = 0.25
+    else:
+        answer = {"error": {"message": "overloaded", "type": "server_error", "code": "engine_overloaded"}}
+    stub = _StubUpstream(json.dumps(answer).encode())
+    try:
+        gw = gateway(upstream_config(stub.url))
+        status, headers, body = raw(gw, {"model": "openai/gpt-4o-mini",
+                                         "messages": [{"role": "user", "content": "hi"}]})
+        got = json.loads(body)
+        if mangle == "error_in_200":
+            assert status >= 500 and got["error"]["message"], got
+            return
+        assert status == 200, got
+        assert got["choices"][0]["message"]["content"] == "hello"
+        assert "x-tollgate-cost" in headers
+        if mangle == "cost_already":
+            # The decoder reads OpenAI's usage shape; a numeric vendor cost is not ours.
+            assert body.count(b'"cost"') <= 1
+    finally:
+        stub.close()

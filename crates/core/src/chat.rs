@@ -618,8 +618,27 @@ struct UsageWire {
     cached_tokens: Option<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     cache_creation_input_tokens: Option<u64>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    /// Written by tollgate; read back only as text (a vendor's own cost, e.g. a number
+    /// from an aggregator, is not ours to report and is ignored).
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "text_or_ignored"
+    )]
     cost: Option<String>,
+}
+
+fn text_or_ignored<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum TextOr {
+        Text(String),
+        Other(serde::de::IgnoredAny),
+    }
+    Ok(match TextOr::deserialize(d)? {
+        TextOr::Text(s) => Some(s),
+        TextOr::Other(_) => None,
+    })
 }
 
 #[derive(Serialize, Deserialize, Default)]
@@ -725,6 +744,14 @@ mod tests {
         let v = serde_json::to_value(&u).unwrap();
         assert_eq!(v["total_tokens"], 15);
         assert_eq!(v["prompt_tokens_details"]["cached_tokens"], 0);
+        // An aggregator's numeric `cost` is not a reason to refuse the usage.
+        let u: Usage = serde_json::from_value(
+            json!({"prompt_tokens":3,"completion_tokens":1,"cost":0.0002,"is_byok":false}),
+        )
+        .unwrap();
+        assert_eq!((u.prompt_tokens, u.cost), (3, None));
+        let u: Usage = serde_json::from_value(json!({"prompt_tokens":3,"cost":"1 USD"})).unwrap();
+        assert_eq!(u.cost.as_deref(), Some("1 USD"));
     }
 
     #[test]

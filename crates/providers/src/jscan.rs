@@ -90,16 +90,19 @@ struct Scanner<'a> {
 }
 
 impl Scanner<'_> {
+    #[inline(always)]
     fn peek(&self) -> Option<u8> {
         self.b.get(self.i).copied()
     }
 
+    #[inline(always)]
     fn next(&mut self) -> Result<u8, ScanError> {
         let c = self.peek().ok_or(ScanError::Invalid)?;
         self.i += 1;
         Ok(c)
     }
 
+    #[inline(always)]
     fn eat(&mut self, want: u8) -> Result<(), ScanError> {
         if self.next()? == want {
             Ok(())
@@ -108,6 +111,7 @@ impl Scanner<'_> {
         }
     }
 
+    #[inline(always)]
     fn ws(&mut self) {
         while let Some(b' ' | b'\t' | b'\n' | b'\r') = self.peek() {
             self.i += 1;
@@ -115,35 +119,41 @@ impl Scanner<'_> {
     }
 
     /// A string, from its opening quote; returns whether it had escapes.
+    #[inline(always)]
     fn string(&mut self) -> Result<bool, ScanError> {
         self.eat(b'"')?;
+        let b = self.b;
+        let mut i = self.i;
         let mut escaped = false;
         loop {
-            while self.i < self.b.len() && !STRING_STOP[self.b[self.i] as usize] {
-                self.i += 1;
+            while i < b.len() && !STRING_STOP[b[i] as usize] {
+                i += 1;
             }
-            match self.next()? {
-                b'"' => return Ok(escaped),
-                b'\\' => {
+            match b.get(i) {
+                Some(b'"') => {
+                    self.i = i + 1;
+                    return Ok(escaped);
+                }
+                Some(b'\\') => {
                     escaped = true;
-                    match self.next()? {
-                        b'"' | b'\\' | b'/' | b'b' | b'f' | b'n' | b'r' | b't' => {}
-                        b'u' => {
-                            for _ in 0..4 {
-                                if !self.next()?.is_ascii_hexdigit() {
-                                    return Err(ScanError::Invalid);
-                                }
-                            }
+                    match b.get(i + 1) {
+                        Some(b'"' | b'\\' | b'/' | b'b' | b'f' | b'n' | b'r' | b't') => i += 2,
+                        Some(b'u')
+                            if b.len() >= i + 6
+                                && b[i + 2..i + 6].iter().all(u8::is_ascii_hexdigit) =>
+                        {
+                            i += 6
                         }
                         _ => return Err(ScanError::Invalid),
                     }
                 }
-                // A control character.
+                // A control character, or the end of the text.
                 _ => return Err(ScanError::Invalid),
             }
         }
     }
 
+    #[inline(always)]
     fn digits(&mut self) -> Result<(), ScanError> {
         if !self.peek().is_some_and(|c| c.is_ascii_digit()) {
             return Err(ScanError::Invalid);
@@ -154,6 +164,7 @@ impl Scanner<'_> {
         Ok(())
     }
 
+    #[inline(always)]
     fn number(&mut self) -> Result<(), ScanError> {
         if self.peek() == Some(b'-') {
             self.i += 1;
@@ -177,6 +188,7 @@ impl Scanner<'_> {
         Ok(())
     }
 
+    #[inline(always)]
     fn literal(&mut self, word: &[u8]) -> Result<(), ScanError> {
         if self.b[self.i..].starts_with(word) {
             self.i += word.len();
@@ -371,5 +383,41 @@ mod tests {
             }
             t[i] = answer[i];
         }
+    }
+}
+
+#[cfg(test)]
+mod speed {
+    /// `cargo test --release -p tollgate-providers jscan_speed -- --ignored --nocapture`
+    #[test]
+    #[ignore]
+    fn jscan_speed() {
+        let body = br#"{"choices":[{"finish_reason":"stop","index":0,"logprobs":null,"message":{"content":"Hello from the openai emulator (gpt-4o-mini). You said: Say hello to the benchmark in one short sentence.","refusal":null,"role":"assistant"}}],"created":1795938784,"id":"chatcmpl-emu8","model":"gpt-4o-mini","object":"chat.completion","system_fingerprint":"fp_emulator","usage":{"completion_tokens":15,"completion_tokens_details":{"accepted_prediction_tokens":0,"audio_tokens":0,"reasoning_tokens":0,"rejected_prediction_tokens":0},"prompt_tokens":8,"prompt_tokens_details":{"audio_tokens":0,"cached_tokens":0},"total_tokens":23}}"#;
+        let n = 200_000;
+        let t = std::time::Instant::now();
+        let mut k = 0;
+        for _ in 0..n {
+            k += super::top_level(
+                std::hint::black_box(body),
+                ["id", "created", "model", "choices", "usage", "error"],
+            )
+            .is_ok() as usize;
+        }
+        let scan = t.elapsed().as_nanos() as f64 / n as f64;
+
+        let t = std::time::Instant::now();
+        for _ in 0..n {
+            k += crate::openai::verbatim_answer(std::hint::black_box(body)).is_some() as usize;
+        }
+        let verb = t.elapsed().as_nanos() as f64 / n as f64;
+        let t = std::time::Instant::now();
+        for _ in 0..n {
+            k += serde_json::from_slice::<tollgate_core::chat::ChatResponse>(std::hint::black_box(
+                body,
+            ))
+            .is_ok() as usize;
+        }
+        let serde = t.elapsed().as_nanos() as f64 / n as f64;
+        println!("{} bytes: scan {scan:.0} ns, verbatim {verb:.0} ns, serde ChatResponse {serde:.0} ns ({k})", body.len());
     }
 }

@@ -194,14 +194,12 @@ pub fn verbatim_answer(body: &[u8]) -> Option<Verbatim> {
     )
     .ok()?;
     let text = |r: &std::ops::Range<usize>| &body[r.clone()];
-    let is_string = |r: &std::ops::Range<usize>| text(r).first() == Some(&b'"');
-    if !id.as_ref().is_some_and(|r| is_string(r) && r.len() > 2)
-        || !model.as_ref().is_some_and(is_string)
-        || !choices
-            .as_ref()
-            .is_some_and(|r| text(r).first() == Some(&b'['))
-        || error.as_ref().is_some_and(|r| text(r) != b"null")
-    {
+    let starts = |r: &Option<std::ops::Range<usize>>, c: u8| {
+        r.as_ref().is_some_and(|r| text(r).first() == Some(&c))
+    };
+    let id_ok = starts(&id, b'"') && id.as_ref().is_some_and(|r| r.len() > 2);
+    let no_error = error.as_ref().is_none_or(|r| text(r) == b"null");
+    if !(id_ok && starts(&model, b'"') && starts(&choices, b'[') && no_error) {
         return None;
     }
     std::str::from_utf8(text(&created?))
@@ -213,10 +211,11 @@ pub fn verbatim_answer(body: &[u8]) -> Option<Verbatim> {
     if raw.first() != Some(&b'{') {
         return None;
     }
-    let usage: Usage = serde_json::from_slice(raw).ok()?;
-    if usage.cost.is_some() {
+    // A `cost` of any type already there (an aggregator's) would be duplicated.
+    if crate::jscan::top_level(raw, ["cost"]).ok()?[0].is_some() {
         return None;
     }
+    let usage: Usage = serde_json::from_slice(raw).ok()?;
     Some(Verbatim {
         usage,
         usage_close: usage_range.end - 1,

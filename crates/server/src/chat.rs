@@ -620,13 +620,8 @@ fn finish(
                 None => body,
             };
             let mut response = Response::new(Body::from(body));
-            full_headers(
-                response.headers_mut(),
-                r,
-                route_header.as_deref(),
-                &priced,
-                &rate_headers,
-            );
+            *response.headers_mut() =
+                full_headers(r, route_header.as_deref(), &priced, &rate_headers);
             Ok(response)
         }
         Answer::Full(mut out) => {
@@ -645,13 +640,8 @@ fn finish(
             }
             let json = wire.full_body(&out)?;
             let mut response = Response::new(Body::from(json));
-            full_headers(
-                response.headers_mut(),
-                r,
-                route_header.as_deref(),
-                &priced,
-                &rate_headers,
-            );
+            *response.headers_mut() =
+                full_headers(r, route_header.as_deref(), &priced, &rate_headers);
             Ok(response)
         }
         Answer::Stream {
@@ -693,29 +683,30 @@ fn finish(
     }
 }
 
-/// The head of a non-stream answer.
+/// The head of a non-stream answer (sized once: a map grown insert by insert rehashes).
 fn full_headers(
-    h: &mut HeaderMap,
     r: &Resolved,
     route_header: Option<&str>,
     priced: &metering::Priced,
     rate_headers: &[(axum::http::HeaderName, String)],
-) {
+) -> HeaderMap {
+    let mut h = HeaderMap::with_capacity(16);
     h.insert(
         hdr::CONTENT_TYPE,
         HeaderValue::from_static("application/json"),
     );
-    add_route_headers(h, r);
+    add_route_headers(&mut h, r);
     if let Some(v) = route_header {
-        insert(h, hdr::ROUTE, v);
+        insert(&mut h, hdr::ROUTE, v);
     }
-    insert(h, hdr::COST, &priced.header());
+    insert(&mut h, hdr::COST, &priced.header());
     if let Some(c) = priced.converted_header() {
-        insert(h, hdr::COST_CONVERTED, &c);
+        insert(&mut h, hdr::COST_CONVERTED, &c);
     }
     for (k, v) in rate_headers {
-        insert(h, k.clone(), v);
+        insert(&mut h, k.clone(), v);
     }
+    h
 }
 
 /// The head of a streamed answer.

@@ -85,7 +85,26 @@ fn next_request_id() -> RequestId {
     let ms = chrono::Utc::now().timestamp_millis();
     let seq = REQUEST_SEQ.fetch_add(1, Ordering::Relaxed);
     let pid = *PID16.get_or_init(|| std::process::id() & 0xffff);
-    RequestId(format!("req_{ms:012x}{pid:04x}{seq:08x}"))
+    let mut id = String::with_capacity(32);
+    id.push_str("req_");
+    push_hex(&mut id, ms as u64, 12);
+    push_hex(&mut id, u64::from(pid), 4);
+    push_hex(&mut id, seq, 8);
+    RequestId(id)
+}
+
+/// `v` in lowercase hex, zero-padded to at least `min_digits` (what `{v:0Nx}` writes),
+/// without the formatting machinery: request ids are made per request.
+fn push_hex(out: &mut String, v: u64, min_digits: u32) {
+    let digits = (64 - v.leading_zeros()).div_ceil(4).max(min_digits);
+    for i in (0..digits).rev() {
+        let nibble = ((v >> (4 * i)) & 0xf) as u8;
+        out.push(char::from(if nibble < 10 {
+            b'0' + nibble
+        } else {
+            b'a' + nibble - 10
+        }));
+    }
 }
 
 async fn request_id(mut req: Request, next: Next) -> Response {
@@ -292,4 +311,29 @@ async fn serve_loop(
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod id_tests {
+    #[test]
+    fn hex_is_what_format_writes() {
+        for v in [
+            0u64,
+            1,
+            0xf,
+            0x10,
+            0xabc,
+            0xffff_ffff,
+            0x1_0000_0000,
+            u64::MAX,
+        ] {
+            for min in [4u32, 8, 12] {
+                let mut s = String::new();
+                super::push_hex(&mut s, v, min);
+                assert_eq!(s, format!("{v:0width$x}", width = min as usize));
+            }
+        }
+        let id = super::next_request_id().0;
+        assert!(id.starts_with("req_") && id.len() == 28, "{id}");
+    }
 }
