@@ -249,12 +249,13 @@ class _StubUpstream:
     """A one-route OpenAI stand-in on a free loopback port that answers every chat
     request with `body` (bytes), as a vendor adding fields tollgate has no type for would."""
 
-    def __init__(self, body):
+    def __init__(self, body, stream=None):
         import http.server
         import threading
 
         stub = self
         self.body = body
+        self.stream = stream  # the SSE bytes for `"stream": true` requests
         self.requests = []
 
         class Handler(http.server.BaseHTTPRequestHandler):
@@ -262,12 +263,15 @@ class _StubUpstream:
 
             def do_POST(self):
                 n = int(self.headers.get("content-length", "0"))
-                stub.requests.append(json.loads(self.rfile.read(n)))
+                req = json.loads(self.rfile.read(n))
+                stub.requests.append(req)
+                body = stub.stream if req.get("stream") and stub.stream else stub.body
                 self.send_response(200)
-                self.send_header("content-type", "application/json")
-                self.send_header("content-length", str(len(stub.body)))
+                self.send_header("content-type",
+                                 "text/event-stream" if body is stub.stream else "application/json")
+                self.send_header("content-length", str(len(body)))
                 self.end_headers()
-                self.wfile.write(stub.body)
+                self.wfile.write(body)
 
             def log_message(self, *args):
                 pass
@@ -356,5 +360,63 @@ def test_answers_that_cannot_pass_verbatim_are_decoded(gateway, mangle):
         if mangle == "cost_already":
             # The decoder reads OpenAI's usage shape; a numeric vendor cost is not ours.
             assert body.count(b'"cost"') <= 1
+    finally:
+        stub.close()
+
+
+def test_openai_streams_pass_through_verbatim(gateway):
+    """OpenAI's stream chunks reach an OpenAI client as OpenAI wrote them (fields tollgate
+    does not model kept); the usage chunk comes with the cost only to a client that asked
+    for it, and the stream is metered from it."""
+    base = {"id": "chatcmpl-s1", "object": "chat.completion.chunk", "created": 1_790_000_000,
+            "model": "gpt-4o-mini-2024-07-18", "service_tier": "default", "system_fingerprint": "fp_1"}
+    chunks = [
+        {**base, "obfuscation": "a1", "usage": None, "choices": [
+            {"index": 0, "delta": {"role": "assistant", "content": "", "refusal": None},
+             "logprobs": None, "finish_reason": None}]},
+        {**base, "obfuscation": "b2", "usage": None, "choices": [
+            {"index": 0, "delta": {"content": "Bonjour, caf\u00e9"}, "logprobs": None, "finish_reason": None}]},
+        {**base, "usage": None, "choices": [
+            {"index": 0, "delta": {}, "logprobs": None, "finish_reason": "stop"}]},
+    ]
+    usage = {**base, "choices": [], "usage": {
+        "prompt_tokens": 900, "completion_tokens": 120, "total_tokens": 1020,
+        "prompt_tokens_details": {"cached_tokens": 0, "audio_tokens": 0},
+        "completion_tokens_details": {"reasoning_tokens": 0, "audio_tokens": 0}}}
+    sse = "".join(f"data: {json.dumps(c, ensure_ascii=False)}\n\n" for c in chunks + [usage])
+    stub = _StubUpstream(b"{}", stream=(sse + "data: [DONE]\n\n").encode())
+    try:
+        gw = gateway(upstream_config(stub.url))
+        msgs = [{"role": "user", "content": "hi"}]
+        for include_usage in (True, False):
+            body = {"model": "openai/gpt-4o-mini", "messages": msgs, "stream": True}
+            if include_usage:
+                body["stream_options"] = {"include_usage": True}
+            status, headers, raw_body = raw(gw, body)
+            assert status == 200, raw_body
+            events = [l[len("data: "):] for l in raw_body.decode().split("\n\n") if l.startswith("data: ")]
+            assert events[-1] == "[DONE]"
+            got = [json.loads(e) for e in events[:-1]]
+            assert got[:3] == chunks, "content chunks are the vendor's"
+            if include_usage:
+                assert len(got) == 4
+                cost = got[3]["usage"].pop("cost")
+                assert got[3] == usage and cost.endswith(" USD")
+            else:
+                assert len(got) == 3
+            # The vendor was asked for usage either way: it is how the stream is metered.
+            assert stub.requests[-1]["stream_options"] == {"include_usage": True}
+
+        # The SDK reads the stream; the ledger has the vendor's usage for every stream.
+        stream = client(gw).chat.completions.create(model="openai/gpt-4o-mini", messages=msgs, stream=True,
+                                                    stream_options={"include_usage": True})
+        parts = list(stream)
+        assert "".join(p.choices[0].delta.content or "" for p in parts if p.choices) == "Bonjour, caf\u00e9"
+        assert parts[-1].usage.prompt_tokens == 900
+        req = urllib.request.Request(gw["url"] + "/admin/usage?by=request",
+                                     headers={"Authorization": f"Bearer {gw['admin_key']}"})
+        rows = json.loads(urllib.request.urlopen(req).read())["lines"]
+        assert len(rows) == 3 and all(r["prompt_tokens"] == 900 and r["completion_tokens"] == 120
+                                      for r in rows), rows
     finally:
         stub.close()

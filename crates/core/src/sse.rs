@@ -29,20 +29,39 @@ impl SseParser {
     }
 
     /// Appends `bytes` and pushes every event they complete onto `out`.
+    ///
+    /// Lines are read where they lie: only an unfinished last line is copied (into the
+    /// buffer, to wait for its end), and a line becomes text without a copy when it is
+    /// valid UTF-8 (replacement characters otherwise).
     pub fn feed(&mut self, bytes: &[u8], out: &mut Vec<SseEvent>) {
-        self.buf.extend_from_slice(bytes);
+        if self.buf.is_empty() {
+            let used = self.lines(bytes, out);
+            self.buf.extend_from_slice(&bytes[used..]);
+        } else {
+            let mut buf = std::mem::take(&mut self.buf);
+            buf.extend_from_slice(bytes);
+            let used = self.lines(&buf, out);
+            buf.drain(..used);
+            self.buf = buf;
+        }
+    }
+
+    /// Handles every complete line of `bytes`; returns how many bytes that was.
+    fn lines(&mut self, bytes: &[u8], out: &mut Vec<SseEvent>) -> usize {
         let mut start = 0;
-        while let Some(nl) = self.buf[start..].iter().position(|b| *b == b'\n') {
+        while let Some(nl) = memchr::memchr(b'\n', &bytes[start..]) {
             let end = start + nl;
-            let mut line = &self.buf[start..end];
+            let mut line = &bytes[start..end];
             if line.last() == Some(&b'\r') {
                 line = &line[..line.len() - 1];
             }
-            let line = String::from_utf8_lossy(line).into_owned();
+            match std::str::from_utf8(line) {
+                Ok(text) => self.line(text, out),
+                Err(_) => self.line(&String::from_utf8_lossy(line), out),
+            }
             start = end + 1;
-            self.line(&line, out);
         }
-        self.buf.drain(..start);
+        start
     }
 
     /// Ends the input: an event not closed by a blank line is still delivered.
@@ -120,6 +139,25 @@ mod tests {
             assert_eq!(ev[0].id.as_deref(), Some("1"));
             assert_eq!(ev[0].data, "{\"a\":1}");
             assert_eq!(ev[1].data, "[DONE]");
+        }
+    }
+
+    #[test]
+    fn multi_line_data_and_invalid_utf8_at_any_split() {
+        let input = "data: {\"a\":\r\ndata: \"caf\u{e9} \u{1F600}\"}\n\ndata:x\n\nevent: ping\n\n";
+        let mut bytes = input.as_bytes().to_vec();
+        // An invalid byte in place of the 'x': replaced, not dropped or panicked on.
+        let x = bytes.iter().position(|b| *b == b'x').unwrap();
+        bytes[x] = 0xff;
+        for piece in 1..bytes.len() {
+            let ev = parse_in_pieces(&bytes, piece);
+            assert_eq!(ev.len(), 3, "piece {piece}");
+            assert_eq!(ev[0].data, "{\"a\":\n\"caf\u{e9} \u{1F600}\"}");
+            assert_eq!(ev[1].data, "\u{FFFD}");
+            assert_eq!(
+                (ev[2].event.as_deref(), ev[2].data.as_str()),
+                (Some("ping"), "")
+            );
         }
     }
 

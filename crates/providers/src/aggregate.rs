@@ -26,6 +26,11 @@ impl Aggregator {
         match ev {
             StreamEvent::Usage(u) => self.usage = Some(u),
             StreamEvent::Done => self.done = true,
+            StreamEvent::Verbatim(v) => {
+                for ev in v.canonical() {
+                    self.push(ev);
+                }
+            }
             StreamEvent::Chunk(c) => {
                 self.id.get_or_insert(c.id);
                 self.created.get_or_insert(c.created);

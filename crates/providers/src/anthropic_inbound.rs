@@ -617,6 +617,11 @@ impl AnthropicStreamEncoder {
         match ev {
             StreamEvent::Usage(u) => self.usage = Some(u.clone()),
             StreamEvent::Done => {}
+            StreamEvent::Verbatim(v) => {
+                for ev in v.canonical() {
+                    out.extend(self.push(&ev));
+                }
+            }
             StreamEvent::Chunk(chunk) => {
                 for choice in chunk.choices.iter().filter(|c| c.index == 0) {
                     let d = &choice.delta;

@@ -94,6 +94,30 @@ pub enum StreamEvent {
     Usage(Usage),
     /// The vendor's normal end of stream (`[DONE]`, `message_stop`, a final frame).
     Done,
+    /// A chunk to relay to an OpenAI client as the vendor wrote it; only decoders from
+    /// [`Codec::verbatim_stream_decoder`] make these.
+    Verbatim(VerbatimChunk),
+}
+
+/// One stream chunk in OpenAI's shape, kept as the vendor wrote it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct VerbatimChunk {
+    /// The chunk's JSON (an SSE event's data).
+    pub json: String,
+    /// The text it carries (content, reasoning, tool-call arguments), to count the tokens
+    /// of a stream cut before the vendor's usage.
+    pub text: String,
+    /// The usage, when this is the chunk that reports it (then it has no choices); the
+    /// gateway adds the cost to it ([`Verbatim::with_cost`]) or drops it.
+    pub usage: Option<Verbatim>,
+}
+
+impl VerbatimChunk {
+    /// The canonical events this chunk stands for, for a consumer that needs them (an
+    /// aggregator, another wire format).
+    pub fn canonical(&self) -> Vec<StreamEvent> {
+        crate::openai::canonical_chunk(&self.json)
+    }
 }
 
 /// Decodes one stream, incrementally.
@@ -137,6 +161,13 @@ pub trait Codec: Send + Sync + 'static {
     /// answer with usage (no usage, an error object, a `cost` already in the usage, a
     /// missing id, ...). Called only for status 200.
     fn verbatim(&self, _body: &[u8]) -> Option<Verbatim> {
+        None
+    }
+
+    /// For vendors whose stream chunks an OpenAI client can be sent as they are: a decoder
+    /// that yields [`StreamEvent::Verbatim`] for plain chunks (and the usual events for
+    /// `[DONE]` and errors). `None`: use [`Codec::stream_decoder`].
+    fn verbatim_stream_decoder(&self, _ctx: &DecodeCtx) -> Option<Box<dyn StreamDecoder>> {
         None
     }
 

@@ -44,6 +44,6 @@ pub mod zhipu;
 
 pub use codec::{
     Codec, Credentials, DecodeCtx, EncodeCtx, FetchedToken, HttpRequest, Outbound, StreamDecoder,
-    StreamEvent, Verbatim, WsRequest,
+    StreamEvent, Verbatim, VerbatimChunk, WsRequest,
 };
 pub use registry::{codec_for, Mode};

@@ -20,7 +20,7 @@ use tollgate_core::{GatewayError, UpstreamError, UpstreamErrorKind};
 
 use crate::codec::{
     excerpt, join_url, Codec, DecodeCtx, EncodeCtx, HttpRequest, Outbound, StreamDecoder,
-    StreamEvent, Verbatim,
+    StreamEvent, Verbatim, VerbatimChunk,
 };
 
 /// Which dialect of the OpenAI protocol a provider speaks.
@@ -181,6 +181,12 @@ impl Codec for OpenAiCodec {
     ) -> Box<dyn StreamDecoder> {
         Box::new(OpenAiStream::new(ctx.clone()))
     }
+
+    /// OpenAI's own streams only, as for [`Codec::verbatim`].
+    fn verbatim_stream_decoder(&self, ctx: &DecodeCtx) -> Option<Box<dyn StreamDecoder>> {
+        (self.flavor == Flavor::OpenAi)
+            .then(|| Box::new(OpenAiVerbatimStream::new(ctx.clone())) as Box<dyn StreamDecoder>)
+    }
 }
 
 /// A Chat Completions answer that can be relayed as it is: a JSON object with a
@@ -188,12 +194,27 @@ impl Codec for OpenAiCodec {
 /// usage object without a `cost`, and no error. See [`Codec::verbatim`]. The body is
 /// validated as JSON whole ([`crate::jscan`]); only the usage is parsed.
 pub fn verbatim_answer(body: &[u8]) -> Option<Verbatim> {
+    let plain = plain_object(body)?;
+    usage_at(body, plain.usage?)
+}
+
+/// Where the members of an answer or chunk that [`verbatim_answer`] and
+/// [`verbatim_chunk`] look at are, once the object passed their checks.
+struct Plain {
+    choices: std::ops::Range<usize>,
+    /// Absent when missing or `null` (chunks without usage carry `"usage": null`).
+    usage: Option<std::ops::Range<usize>>,
+}
+
+/// The checks an answer and a chunk share: a JSON object with a non-empty string `id`,
+/// an integer `created`, a string `model`, a `choices` array and no error.
+fn plain_object(json: &[u8]) -> Option<Plain> {
     let [id, created, model, choices, usage, error] = crate::jscan::top_level(
-        body,
+        json,
         ["id", "created", "model", "choices", "usage", "error"],
     )
     .ok()?;
-    let text = |r: &std::ops::Range<usize>| &body[r.clone()];
+    let text = |r: &std::ops::Range<usize>| &json[r.clone()];
     let starts = |r: &Option<std::ops::Range<usize>>, c: u8| {
         r.as_ref().is_some_and(|r| text(r).first() == Some(&c))
     };
@@ -206,8 +227,15 @@ pub fn verbatim_answer(body: &[u8]) -> Option<Verbatim> {
         .ok()?
         .parse::<i64>()
         .ok()?;
-    let usage_range = usage?;
-    let raw = text(&usage_range);
+    Some(Plain {
+        choices: choices?,
+        usage: usage.filter(|r| text(r) != b"null"),
+    })
+}
+
+/// The usage object at `range` of `json`, if it is one without a `cost`.
+fn usage_at(json: &[u8], range: std::ops::Range<usize>) -> Option<Verbatim> {
+    let raw = &json[range.clone()];
     if raw.first() != Some(&b'{') {
         return None;
     }
@@ -218,9 +246,94 @@ pub fn verbatim_answer(body: &[u8]) -> Option<Verbatim> {
     let usage: Usage = serde_json::from_slice(raw).ok()?;
     Some(Verbatim {
         usage,
-        usage_close: usage_range.end - 1,
+        usage_close: range.end - 1,
         usage_has_members: !raw[1..raw.len() - 1].trim_ascii().is_empty(),
     })
+}
+
+/// The text fields of a chunk's choices, borrowed where they have no escapes.
+#[derive(Deserialize)]
+struct TextChoice<'a> {
+    #[serde(borrow, default)]
+    delta: Option<TextDelta<'a>>,
+}
+
+#[derive(Deserialize)]
+struct TextDelta<'a> {
+    #[serde(borrow, default)]
+    content: Option<std::borrow::Cow<'a, str>>,
+    #[serde(borrow, default)]
+    reasoning_content: Option<std::borrow::Cow<'a, str>>,
+    #[serde(borrow, default)]
+    tool_calls: Option<Vec<TextToolCall<'a>>>,
+}
+
+#[derive(Deserialize)]
+struct TextToolCall<'a> {
+    #[serde(borrow, default)]
+    function: Option<TextFunction<'a>>,
+}
+
+#[derive(Deserialize)]
+struct TextFunction<'a> {
+    #[serde(borrow, default)]
+    arguments: Option<std::borrow::Cow<'a, str>>,
+}
+
+/// A stream chunk that can be relayed as it is (see [`Codec::verbatim_stream_decoder`]):
+/// what [`verbatim_answer`] requires of an answer, except that the usage may be absent
+/// or `null`; a chunk with usage must have no choices (OpenAI's last chunk).
+pub fn verbatim_chunk(json: String) -> Result<VerbatimChunk, String> {
+    let Some(plain) = plain_object(json.as_bytes()) else {
+        return Err(json);
+    };
+    let usage = match plain.usage {
+        Some(r) => {
+            let empty = json[plain.choices.clone()]
+                .trim_start_matches('[')
+                .trim_end_matches(']')
+                .trim()
+                .is_empty();
+            match usage_at(json.as_bytes(), r) {
+                Some(v) if empty => Some(v),
+                _ => return Err(json),
+            }
+        }
+        None => None,
+    };
+    let choices: Vec<TextChoice<'_>> = match serde_json::from_str(&json[plain.choices.clone()]) {
+        Ok(c) => c,
+        Err(_) => return Err(json),
+    };
+    let mut text = String::new();
+    for d in choices.iter().filter_map(|c| c.delta.as_ref()) {
+        text.push_str(d.content.as_deref().unwrap_or(""));
+        text.push_str(d.reasoning_content.as_deref().unwrap_or(""));
+        for t in d.tool_calls.iter().flatten() {
+            if let Some(a) = t.function.as_ref().and_then(|f| f.arguments.as_deref()) {
+                text.push_str(a);
+            }
+        }
+    }
+    drop(choices);
+    Ok(VerbatimChunk { json, text, usage })
+}
+
+/// The canonical events of a chunk's JSON (what [`OpenAiStream`] would have decoded).
+pub fn canonical_chunk(json: &str) -> Vec<StreamEvent> {
+    let mut decoder = OpenAiStream::new(DecodeCtx {
+        request_id: String::new(),
+        created: 0,
+        model: String::new(),
+    });
+    let mut out = Vec::new();
+    let ev = SseEvent {
+        data: json.to_owned(),
+        ..SseEvent::default()
+    };
+    // A verbatim chunk passed the checks that make this decode succeed.
+    let _ = decoder.handle(&ev, &mut out);
+    out
 }
 
 fn trim_ascii_start(b: &[u8]) -> &[u8] {
@@ -409,6 +522,62 @@ impl StreamDecoder for OpenAiStream {
             self.handle(ev, out)?;
         }
         Ok(())
+    }
+}
+
+/// Decodes OpenAI's own stream for an OpenAI client: a plain chunk is passed on as the
+/// vendor wrote it ([`StreamEvent::Verbatim`]): unknown fields kept, no decode and
+/// re-encode per chunk. `[DONE]`, errors and anything unexpected go through
+/// [`OpenAiStream`], which reports them as usual.
+pub struct OpenAiVerbatimStream {
+    sse: SseParser,
+    events: Vec<SseEvent>,
+    inner: OpenAiStream,
+}
+
+impl OpenAiVerbatimStream {
+    pub fn new(ctx: DecodeCtx) -> Self {
+        OpenAiVerbatimStream {
+            sse: SseParser::new(),
+            events: Vec::new(),
+            inner: OpenAiStream::new(ctx),
+        }
+    }
+
+    fn handle_all(&mut self, out: &mut Vec<StreamEvent>) -> Result<(), UpstreamError> {
+        let events = std::mem::take(&mut self.events);
+        for mut ev in events {
+            if self.inner.done || ev.data.trim() == "[DONE]" || ev.data.trim().is_empty() {
+                self.inner.handle(&ev, out)?;
+                continue;
+            }
+            let data = std::mem::take(&mut ev.data);
+            let data = if data.len() == data.trim().len() {
+                data
+            } else {
+                data.trim().to_owned()
+            };
+            match verbatim_chunk(data) {
+                Ok(chunk) => out.push(StreamEvent::Verbatim(chunk)),
+                Err(data) => {
+                    ev.data = data;
+                    self.inner.handle(&ev, out)?;
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+impl StreamDecoder for OpenAiVerbatimStream {
+    fn feed(&mut self, data: &[u8], out: &mut Vec<StreamEvent>) -> Result<(), UpstreamError> {
+        self.sse.feed(data, &mut self.events);
+        self.handle_all(out)
+    }
+
+    fn finish(&mut self, out: &mut Vec<StreamEvent>) -> Result<(), UpstreamError> {
+        self.sse.finish(&mut self.events);
+        self.handle_all(out)
     }
 }
 
@@ -732,6 +901,113 @@ mod tests {
         ] {
             assert!(OpenAiCodec::new(flavor)
                 .verbatim(ANSWER.as_bytes())
+                .is_none());
+        }
+    }
+
+    fn run_verbatim(input: &str) -> Result<Vec<StreamEvent>, UpstreamError> {
+        let mut d = OpenAiCodec::new(Flavor::OpenAi)
+            .verbatim_stream_decoder(&dctx())
+            .unwrap();
+        let mut out = Vec::new();
+        // Byte by byte: chunks split anywhere come out whole.
+        for b in input.as_bytes().chunks(7) {
+            d.feed(b, &mut out)?;
+        }
+        d.finish(&mut out)?;
+        Ok(out)
+    }
+
+    #[test]
+    fn openai_stream_chunks_pass_verbatim() {
+        let chunk = r#"{"id":"c1","object":"chat.completion.chunk","created":5,"model":"gpt-4o","service_tier":"default","obfuscation":"x1","choices":[{"index":0,"delta":{"content":"caf\u00e9 ","reasoning_content":"hm"},"logprobs":null,"finish_reason":null}],"usage":null}"#;
+        let tool = r#"{"id":"c1","object":"chat.completion.chunk","created":5,"model":"gpt-4o","choices":[{"index":0,"delta":{"tool_calls":[{"index":0,"function":{"arguments":"{\"a\":1}"}}]},"finish_reason":null}]}"#;
+        let usage = r#"{"id":"c1","object":"chat.completion.chunk","created":5,"model":"gpt-4o","choices":[],"usage":{"prompt_tokens":4,"completion_tokens":2,"total_tokens":6}}"#;
+        let input =
+            format!("data: {chunk}\n\ndata:{tool}\r\n\r\ndata: {usage}\n\ndata: [DONE]\n\n");
+        let out = run_verbatim(&input).unwrap();
+        assert_eq!(out.len(), 4, "{out:?}");
+        let StreamEvent::Verbatim(c) = &out[0] else {
+            panic!("{out:?}")
+        };
+        assert_eq!(
+            (c.json.as_str(), c.text.as_str(), c.usage.is_none()),
+            (chunk, "café hm", true)
+        );
+        let StreamEvent::Verbatim(t) = &out[1] else {
+            panic!("{out:?}")
+        };
+        assert_eq!((t.json.as_str(), t.text.as_str()), (tool, "{\"a\":1}"));
+        let StreamEvent::Verbatim(u) = &out[2] else {
+            panic!("{out:?}")
+        };
+        let v = u.usage.as_ref().unwrap();
+        assert_eq!((v.usage.prompt_tokens, v.usage.completion_tokens), (4, 2));
+        let with: Value = serde_json::from_slice(&v.with_cost(u.json.as_bytes(), "1 USD")).unwrap();
+        assert_eq!(with["usage"]["cost"], "1 USD");
+        assert_eq!(out[3], StreamEvent::Done);
+        // What a consumer of canonical events sees is what the plain decoder makes.
+        let mut plain = Vec::new();
+        let mut d = OpenAiStream::new(dctx());
+        d.feed(input.as_bytes(), &mut plain).unwrap();
+        let canonical: Vec<StreamEvent> = out
+            .iter()
+            .flat_map(|e| match e {
+                StreamEvent::Verbatim(v) => v.canonical(),
+                other => vec![other.clone()],
+            })
+            .collect();
+        assert_eq!(canonical, plain);
+    }
+
+    #[test]
+    fn verbatim_stream_falls_back_for_what_is_not_a_plain_chunk() {
+        // An error event is an error, as with the plain decoder.
+        let e =
+            run_verbatim("data: {\"error\":{\"message\":\"boom\",\"type\":\"server_error\"}}\n\n")
+                .unwrap_err();
+        assert!(e.message.contains("boom"));
+        // A chunk without an id is decoded (and given the request's id).
+        let out = run_verbatim(
+            "data: {\"object\":\"chat.completion.chunk\",\"created\":1,\"model\":\"m\",\"choices\":[{\"index\":0,\"delta\":{\"content\":\"x\"}}]}\n\n",
+        )
+        .unwrap();
+        assert!(
+            matches!(&out[..], [StreamEvent::Chunk(c)] if c.id == "req-1"),
+            "{out:?}"
+        );
+        // Usage with choices, or with a cost of its own, is decoded too (never duplicated).
+        for body in [
+            r#"{"id":"a","created":1,"model":"m","choices":[{"index":0,"delta":{"content":"x"}}],"usage":{"prompt_tokens":1}}"#,
+            r#"{"id":"a","created":1,"model":"m","choices":[],"usage":{"prompt_tokens":1,"cost":0.1}}"#,
+        ] {
+            let out = run_verbatim(&format!("data: {body}\n\n")).unwrap();
+            assert!(
+                out.iter().all(|e| !matches!(e, StreamEvent::Verbatim(_))),
+                "{out:?}"
+            );
+            assert!(
+                out.iter().any(|e| matches!(e, StreamEvent::Usage(_))),
+                "{out:?}"
+            );
+        }
+        // Not JSON: the plain decoder's protocol error.
+        assert!(run_verbatim("data: {nope\n\n").is_err());
+        // Nothing after [DONE] counts.
+        let out = run_verbatim(
+            "data: [DONE]\n\ndata: {\"id\":\"a\",\"created\":1,\"model\":\"m\",\"choices\":[]}\n\n",
+        )
+        .unwrap();
+        assert_eq!(out, vec![StreamEvent::Done]);
+        // Only OpenAI itself.
+        for flavor in [
+            Flavor::DeepSeek,
+            Flavor::Moonshot,
+            Flavor::Mistral,
+            Flavor::Compatible,
+        ] {
+            assert!(OpenAiCodec::new(flavor)
+                .verbatim_stream_decoder(&dctx())
                 .is_none());
         }
     }

@@ -340,7 +340,14 @@ async fn call_once(
     };
     // Read until the decoder yields its first events, so that an error the vendor reports
     // before any content (including HTTP-200 errors) is still a proper HTTP error.
-    let mut decoder = codec.stream_decoder(dctx, content_type.as_deref());
+    // An OpenAI client streaming from OpenAI gets the vendor's chunks as they are.
+    let verbatim = if verbatim && stream {
+        codec.verbatim_stream_decoder(dctx)
+    } else {
+        None
+    };
+    let mut decoder =
+        verbatim.unwrap_or_else(|| codec.stream_decoder(dctx, content_type.as_deref()));
     let mut first = Vec::new();
     let mut ended = false;
     while first.is_empty() {
@@ -918,6 +925,12 @@ impl Relay {
                                     tokens::estimate_text(f.arguments.as_deref().unwrap_or(""));
                             }
                         }
+                    }
+                }
+                StreamEvent::Verbatim(c) => {
+                    self.completion_estimate += tokens::estimate_text(&c.text);
+                    if let Some(v) = &c.usage {
+                        self.usage = Some(v.usage.clone());
                     }
                 }
                 StreamEvent::Usage(u) => self.usage = Some(u.clone()),

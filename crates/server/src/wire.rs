@@ -57,6 +57,7 @@ impl Wire {
                 include_usage: *include_usage,
                 last: None,
                 fallback: (request_id.to_owned(), model.to_owned()),
+                usage_chunk: None,
             }),
             Wire::Anthropic { model } => Box::new(AnthropicWriter {
                 enc: AnthropicStreamEncoder::new(request_id, model.clone(), prompt_estimate),
@@ -80,12 +81,25 @@ struct OpenAiWriter {
     /// id, created, model of the last chunk: they label the usage chunk.
     last: Option<(String, i64, String)>,
     fallback: (String, String),
+    /// The vendor's own usage chunk (verbatim relay): written at the end, with the cost.
+    usage_chunk: Option<(String, tollgate_providers::Verbatim)>,
 }
 
 impl StreamWriter for OpenAiWriter {
     fn event(&mut self, ev: &StreamEvent) -> Vec<Bytes> {
-        let StreamEvent::Chunk(c) = ev else {
-            return Vec::new();
+        let c = match ev {
+            StreamEvent::Chunk(c) => c,
+            StreamEvent::Verbatim(v) => {
+                return match &v.usage {
+                    // Held until the cost is known, and dropped unless the client asked.
+                    Some(u) => {
+                        self.usage_chunk = Some((v.json.clone(), u.clone()));
+                        Vec::new()
+                    }
+                    None => vec![data_line(v.json.as_bytes())],
+                };
+            }
+            StreamEvent::Usage(_) | StreamEvent::Done => return Vec::new(),
         };
         self.last = Some((c.id.clone(), c.created, c.model.clone()));
         let mut c = c.clone();
@@ -97,7 +111,13 @@ impl StreamWriter for OpenAiWriter {
 
     fn finish(&mut self, priced: &Priced) -> Vec<Bytes> {
         let mut out = Vec::new();
-        if self.include_usage {
+        if let (true, Some((json, v))) = (self.include_usage, self.usage_chunk.take()) {
+            let json = match &priced.cost {
+                Some(cost) => v.with_cost(json.as_bytes(), &cost.to_string()),
+                None => json.into_bytes(),
+            };
+            out.push(data_line(&json));
+        } else if self.include_usage {
             let (id, created, model) = self.last.clone().unwrap_or_else(|| {
                 (
                     self.fallback.0.clone(),
