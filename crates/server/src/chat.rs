@@ -628,7 +628,7 @@ fn finish(
             };
             let mut response = Response::new(Body::from(body));
             *response.headers_mut() =
-                full_headers(r, route_header.as_deref(), &priced, &rate_headers);
+                full_headers(r, route_header.as_deref(), &priced, rate_headers);
             Ok(response)
         }
         Answer::Full(mut out) => {
@@ -648,7 +648,7 @@ fn finish(
             let json = wire.full_body(&out)?;
             let mut response = Response::new(Body::from(json));
             *response.headers_mut() =
-                full_headers(r, route_header.as_deref(), &priced, &rate_headers);
+                full_headers(r, route_header.as_deref(), &priced, rate_headers);
             Ok(response)
         }
         Answer::Stream {
@@ -695,7 +695,7 @@ fn full_headers(
     r: &Resolved,
     route_header: Option<&str>,
     priced: &metering::Priced,
-    rate_headers: &[(axum::http::HeaderName, String)],
+    rate_headers: Vec<(axum::http::HeaderName, HeaderValue)>,
 ) -> HeaderMap {
     let mut h = HeaderMap::with_capacity(16);
     h.insert(
@@ -711,7 +711,7 @@ fn full_headers(
         insert(&mut h, hdr::COST_CONVERTED, &c);
     }
     for (k, v) in rate_headers {
-        insert(&mut h, k.clone(), v);
+        h.insert(k, v);
     }
     h
 }
@@ -733,7 +733,7 @@ fn stream_headers(r: &Resolved, route_header: Option<&str>, ticket: &Ticket) -> 
         insert(&mut h, hdr::COST_MAX, &max.to_string());
     }
     for (k, v) in &ticket.rate_headers {
-        insert(&mut h, k.clone(), v);
+        h.insert(k.clone(), v.clone());
     }
     h
 }

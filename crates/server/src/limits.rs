@@ -214,7 +214,7 @@ fn remaining(w: &Window, spec: Spec, now_ms: i64) -> Remaining {
     }
 }
 
-use axum::http::HeaderName;
+use axum::http::{HeaderName, HeaderValue};
 
 const X_RATELIMIT_LIMIT_REQUESTS: HeaderName =
     HeaderName::from_static("x-ratelimit-limit-requests");
@@ -228,27 +228,54 @@ const X_RATELIMIT_REMAINING_TOKENS: HeaderName =
 const X_RATELIMIT_RESET_TOKENS: HeaderName = HeaderName::from_static("x-ratelimit-reset-tokens");
 
 /// `x-ratelimit-*` headers in OpenAI's style (`reset` as `1s`, `6m0s`).
-pub fn headers(r: &Remaining) -> Vec<(HeaderName, String)> {
+pub fn headers(r: &Remaining) -> Vec<(HeaderName, HeaderValue)> {
+    // Header values made directly (no String per header, nothing to validate).
     let dur = |ms: i64| {
         let s = ceil_s(ms);
+        let mut v = Vec::with_capacity(16);
         if s >= 60 {
-            format!("{}m{}s", s / 60, s % 60)
+            push_decimal(&mut v, s / 60);
+            v.push(b'm');
+            push_decimal(&mut v, s % 60);
         } else {
-            format!("{s}s")
+            push_decimal(&mut v, s);
         }
+        v.push(b's');
+        HeaderValue::from_bytes(&v).unwrap_or_else(|_| HeaderValue::from_static("0s"))
     };
-    let mut h = Vec::new();
+    let mut h = Vec::with_capacity(6);
     if let Some(rpm) = r.spec.rpm {
-        h.push((X_RATELIMIT_LIMIT_REQUESTS, rpm.to_string()));
-        h.push((X_RATELIMIT_REMAINING_REQUESTS, r.requests_left.to_string()));
+        h.push((X_RATELIMIT_LIMIT_REQUESTS, HeaderValue::from(rpm)));
+        h.push((
+            X_RATELIMIT_REMAINING_REQUESTS,
+            HeaderValue::from(r.requests_left),
+        ));
         h.push((X_RATELIMIT_RESET_REQUESTS, dur(r.requests_reset_ms)));
     }
     if let Some(tpm) = r.spec.tpm {
-        h.push((X_RATELIMIT_LIMIT_TOKENS, tpm.to_string()));
-        h.push((X_RATELIMIT_REMAINING_TOKENS, r.tokens_left.to_string()));
+        h.push((X_RATELIMIT_LIMIT_TOKENS, HeaderValue::from(tpm)));
+        h.push((
+            X_RATELIMIT_REMAINING_TOKENS,
+            HeaderValue::from(r.tokens_left),
+        ));
         h.push((X_RATELIMIT_RESET_TOKENS, dur(r.tokens_reset_ms)));
     }
     h
+}
+
+/// Appends the decimal digits of `v`.
+fn push_decimal(out: &mut Vec<u8>, mut v: u64) {
+    let mut digits = [0u8; 20];
+    let mut i = digits.len();
+    loop {
+        i -= 1;
+        digits[i] = b'0' + (v % 10) as u8;
+        v /= 10;
+        if v == 0 {
+            break;
+        }
+    }
+    out.extend_from_slice(&digits[i..]);
 }
 
 #[cfg(test)]
@@ -343,8 +370,24 @@ mod tests {
         let r = l.admit(&scopes[..1], 0, 6).unwrap().unwrap();
         assert_eq!(r.requests_left, 8);
         let h = headers(&r);
-        assert!(h.contains(&(X_RATELIMIT_REMAINING_REQUESTS, "8".to_owned())));
+        let get = |name| {
+            h.iter()
+                .find(|(k, _)| *k == name)
+                .map(|(_, v)| v.to_str().unwrap())
+        };
+        assert_eq!(get(X_RATELIMIT_REMAINING_REQUESTS), Some("8"));
+        assert_eq!(get(X_RATELIMIT_LIMIT_REQUESTS), Some("10"));
         // The oldest bucket, [0, 100), leaves the window at 60.1 s.
-        assert!(h.contains(&(X_RATELIMIT_RESET_REQUESTS, "1m1s".to_owned())));
+        assert_eq!(get(X_RATELIMIT_RESET_REQUESTS), Some("1m1s"));
+        let at = |ms| {
+            let mut r = r.clone();
+            r.requests_reset_ms = ms;
+            headers(&r)[2].1.to_str().unwrap().to_owned()
+        };
+        assert_eq!(at(0), "0s");
+        assert_eq!(at(1), "1s");
+        assert_eq!(at(59_001), "1m0s");
+        assert_eq!(at(60_000), "1m0s");
+        assert_eq!(at(3_600_000), "60m0s");
     }
 }

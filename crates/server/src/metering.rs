@@ -87,7 +87,7 @@ pub struct Ticket {
     /// The worst case reserved, in the vendor's currency.
     pub max_cost: Option<Money>,
     /// `x-ratelimit-*` headers for the key.
-    pub rate_headers: Vec<(axum::http::HeaderName, String)>,
+    pub rate_headers: Vec<(axum::http::HeaderName, axum::http::HeaderValue)>,
     /// Earlier attempts of a routed request (failed candidates), for the ledger row.
     attempts: Vec<serde_json::Value>,
     settled: bool,
