@@ -198,16 +198,14 @@ pub fn verbatim_answer(body: &[u8]) -> Option<Verbatim> {
     usage_at(body, plain.usage?)
 }
 
-/// Where the members of an answer or chunk that [`verbatim_answer`] and
-/// [`verbatim_chunk`] look at are, once the object passed their checks.
+/// Where an answer's usage is, once the answer passed [`plain_object`]'s checks.
 struct Plain {
-    choices: std::ops::Range<usize>,
     /// Absent when missing or `null` (chunks without usage carry `"usage": null`).
     usage: Option<std::ops::Range<usize>>,
 }
 
-/// The checks an answer and a chunk share: a JSON object with a non-empty string `id`,
-/// an integer `created`, a string `model`, a `choices` array and no error.
+/// The checks an answer must pass: a JSON object with a non-empty string `id`, an integer
+/// `created`, a string `model`, a `choices` array and no error.
 fn plain_object(json: &[u8]) -> Option<Plain> {
     let [id, created, model, choices, usage, error] = crate::jscan::top_level(
         json,
@@ -228,7 +226,6 @@ fn plain_object(json: &[u8]) -> Option<Plain> {
         .parse::<i64>()
         .ok()?;
     Some(Plain {
-        choices: choices?,
         usage: usage.filter(|r| text(r) != b"null"),
     })
 }
@@ -280,33 +277,40 @@ struct TextFunction<'a> {
     arguments: Option<std::borrow::Cow<'a, str>>,
 }
 
+/// What [`verbatim_chunk`] reads of a chunk, in one pass: the fields the plain decoder
+/// requires, the text of the choices, and where the usage is. Unknown fields are skipped
+/// (and so kept: the chunk goes out as it came).
+#[derive(Deserialize)]
+struct ChunkProbe<'a> {
+    #[serde(borrow)]
+    id: std::borrow::Cow<'a, str>,
+    #[allow(dead_code)]
+    created: i64,
+    #[allow(dead_code)]
+    #[serde(borrow)]
+    model: std::borrow::Cow<'a, str>,
+    #[serde(borrow)]
+    choices: Vec<TextChoice<'a>>,
+    #[serde(borrow, default)]
+    usage: Option<&'a serde_json::value::RawValue>,
+    #[serde(default)]
+    error: Option<serde::de::IgnoredAny>,
+}
+
 /// A stream chunk that can be relayed as it is (see [`Codec::verbatim_stream_decoder`]):
 /// what [`verbatim_answer`] requires of an answer, except that the usage may be absent
-/// or `null`; a chunk with usage must have no choices (OpenAI's last chunk).
+/// or `null`; a chunk with usage must have no choices (OpenAI's last chunk). Chunks are
+/// small and many: one serde pass reads the checks, the text and the usage's place.
 pub fn verbatim_chunk(json: String) -> Result<VerbatimChunk, String> {
-    let Some(plain) = plain_object(json.as_bytes()) else {
-        return Err(json);
-    };
-    let usage = match plain.usage {
-        Some(r) => {
-            let empty = json[plain.choices.clone()]
-                .trim_start_matches('[')
-                .trim_end_matches(']')
-                .trim()
-                .is_empty();
-            match usage_at(json.as_bytes(), r) {
-                Some(v) if empty => Some(v),
-                _ => return Err(json),
-            }
-        }
-        None => None,
-    };
-    let choices: Vec<TextChoice<'_>> = match serde_json::from_str(&json[plain.choices.clone()]) {
-        Ok(c) => c,
+    let probe: ChunkProbe<'_> = match serde_json::from_str(&json) {
+        Ok(p) => p,
         Err(_) => return Err(json),
     };
+    if probe.id.is_empty() || probe.error.is_some() {
+        return Err(json);
+    }
     let mut text = String::new();
-    for d in choices.iter().filter_map(|c| c.delta.as_ref()) {
+    for d in probe.choices.iter().filter_map(|c| c.delta.as_ref()) {
         text.push_str(d.content.as_deref().unwrap_or(""));
         text.push_str(d.reasoning_content.as_deref().unwrap_or(""));
         for t in d.tool_calls.iter().flatten() {
@@ -315,7 +319,17 @@ pub fn verbatim_chunk(json: String) -> Result<VerbatimChunk, String> {
             }
         }
     }
-    drop(choices);
+    let usage = match probe.usage {
+        Some(raw) => {
+            // The raw value borrows from `json`: its offset is where it sits.
+            let start = raw.get().as_ptr() as usize - json.as_ptr() as usize;
+            match usage_at(json.as_bytes(), start..start + raw.get().len()) {
+                Some(v) if probe.choices.is_empty() => Some(v),
+                _ => return Err(json),
+            }
+        }
+        None => None,
+    };
     Ok(VerbatimChunk { json, text, usage })
 }
 
