@@ -312,8 +312,15 @@ def test_openai_answers_pass_through_verbatim_with_cost(gateway):
         cost = got["usage"].pop("cost")
         assert got == answer
         assert cost == headers["x-tollgate-cost"] and cost.endswith(" USD")
-        # The cache discount was applied: 1,000 of the 1,200 prompt tokens were cached.
         assert stub.requests[-1]["model"] == "gpt-4o-mini"
+
+        # The client's body goes upstream as written, only the model id replaced.
+        body = {"model": "openai/gpt-4o-mini", "messages": [{"role": "user", "content": "hi \u00e9"}],
+                "metadata": {"trace": [1, None]}, "max_tokens": None, "store": False,
+                "prediction": {"type": "content", "content": "x"}}
+        status, _, _ = raw(gw, body)
+        assert status == 200
+        assert stub.requests[-1] == {**body, "model": "gpt-4o-mini"}
 
         # The official SDK reads it, unknown fields included.
         r = client(gw).chat.completions.create(model="openai/gpt-4o-mini",

@@ -138,6 +138,19 @@ pub trait Codec: Send + Sync + 'static {
     /// cannot be expressed in the vendor's protocol.
     fn encode(&self, req: &ChatRequest, ctx: &EncodeCtx<'_>) -> Result<Outbound, GatewayError>;
 
+    /// For vendors that take OpenAI's Chat Completions as clients write it: the vendor's
+    /// request made from the client's own JSON `body` (of which `req` is the parsed and
+    /// validated form), changing only what [`Codec::encode`] would change, so the request
+    /// is not re-serialized field by field. `None`: use [`Codec::encode`].
+    fn encode_verbatim(
+        &self,
+        _body: &[u8],
+        _req: &ChatRequest,
+        _ctx: &EncodeCtx<'_>,
+    ) -> Option<Outbound> {
+        None
+    }
+
     /// A complete non-stream response. Vendors that report errors with HTTP 200 are
     /// recognised here too.
     fn decode(

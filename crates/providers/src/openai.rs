@@ -103,30 +103,24 @@ impl Codec for OpenAiCodec {
             serde_json::to_vec(&req)
         }
         .map_err(|_| GatewayError::internal())?;
-        let mut headers = vec![
-            ("content-type".to_owned(), "application/json".to_owned()),
-            (
-                "accept".to_owned(),
-                if ctx.stream {
-                    "text/event-stream"
-                } else {
-                    "application/json"
-                }
-                .to_owned(),
-            ),
-        ];
-        if let Some(key) = &ctx.credentials.api_key {
-            headers.push((
-                "authorization".to_owned(),
-                format!("Bearer {}", key.expose()),
-            ));
+        Ok(Outbound::Http(openai_http(ctx, body)))
+    }
+
+    /// OpenAI itself only (the dialects rewrite fields). The client's body goes out with
+    /// its `model` replaced by the upstream model id and, on a stream, `stream_options`
+    /// asking for usage added; everything else as the client wrote it. A body whose
+    /// `stream`/`stream_options` would need rewriting is left to [`Codec::encode`].
+    fn encode_verbatim(
+        &self,
+        body: &[u8],
+        _req: &ChatRequest,
+        ctx: &EncodeCtx<'_>,
+    ) -> Option<Outbound> {
+        if self.flavor != Flavor::OpenAi {
+            return None;
         }
-        Ok(Outbound::Http(HttpRequest {
-            method: "POST",
-            url: join_url(ctx.base_url, "chat/completions"),
-            headers,
-            body,
-        }))
+        let body = verbatim_request(body, ctx.upstream_model, ctx.stream)?;
+        Some(Outbound::Http(openai_http(ctx, body)))
     }
 
     fn decode(
@@ -348,6 +342,71 @@ pub fn canonical_chunk(json: &str) -> Vec<StreamEvent> {
     // A verbatim chunk passed the checks that make this decode succeed.
     let _ = decoder.handle(&ev, &mut out);
     out
+}
+
+/// The HTTP request for a Chat Completions body.
+fn openai_http(ctx: &EncodeCtx<'_>, body: Vec<u8>) -> HttpRequest {
+    let mut headers = vec![
+        ("content-type".to_owned(), "application/json".to_owned()),
+        (
+            "accept".to_owned(),
+            if ctx.stream {
+                "text/event-stream"
+            } else {
+                "application/json"
+            }
+            .to_owned(),
+        ),
+    ];
+    if let Some(key) = &ctx.credentials.api_key {
+        headers.push((
+            "authorization".to_owned(),
+            format!("Bearer {}", key.expose()),
+        ));
+    }
+    HttpRequest {
+        method: "POST",
+        url: join_url(ctx.base_url, "chat/completions"),
+        headers,
+        body,
+    }
+}
+
+/// The client's Chat Completions `body` for the upstream: `model` set to `model` and, for
+/// a stream, `"stream_options":{"include_usage":true}` added. `None` when the body's
+/// `stream` does not say what `stream` says, or a stream has `stream_options` already
+/// (then [`Codec::encode`] merges them), or it is not a JSON object with a string `model`.
+pub fn verbatim_request(body: &[u8], model: &str, stream: bool) -> Option<Vec<u8>> {
+    let [model_at, stream_at, options_at] =
+        crate::jscan::top_level(body, ["model", "stream", "stream_options"]).ok()?;
+    let text = |r: &Option<std::ops::Range<usize>>| r.as_ref().map(|r| &body[r.clone()]);
+    let model_at = model_at?;
+    if body.get(model_at.start) != Some(&b'"') {
+        return None;
+    }
+    let says_stream = text(&stream_at) == Some(b"true");
+    let stream_ok = says_stream == stream
+        && matches!(text(&stream_at), None | Some(b"true" | b"false" | b"null"));
+    // A stream gets `stream_options` added (so none may be there, not even `null`); a
+    // non-stream request may carry only a `null` one.
+    let options_ok = match text(&options_at) {
+        None => true,
+        Some(v) => !stream && v == b"null",
+    };
+    if !stream_ok || !options_ok {
+        return None;
+    }
+    // The object's closing brace: the last byte that is not whitespace.
+    let close = body.iter().rposition(|b| !b.is_ascii_whitespace())?;
+    let mut out = Vec::with_capacity(body.len() + model.len() + 40);
+    out.extend_from_slice(&body[..model_at.start]);
+    serde_json::to_writer(&mut out, model).ok()?;
+    out.extend_from_slice(&body[model_at.end..close]);
+    if stream {
+        out.extend_from_slice(br#","stream_options":{"include_usage":true}"#);
+    }
+    out.extend_from_slice(&body[close..]);
+    Some(out)
 }
 
 fn trim_ascii_start(b: &[u8]) -> &[u8] {
@@ -1022,6 +1081,90 @@ mod tests {
         ] {
             assert!(OpenAiCodec::new(flavor)
                 .verbatim_stream_decoder(&dctx())
+                .is_none());
+        }
+    }
+
+    #[test]
+    fn client_bodies_go_upstream_verbatim_with_the_model_replaced() {
+        let codec = OpenAiCodec::new(Flavor::OpenAi);
+        let creds = Credentials {
+            api_key: Some(Secret::new(String::from("sk-up"))),
+            ..Credentials::default()
+        };
+        let body = r#"{"model":"openai/gpt-4o","messages":[{"role":"user","content":"caf\u00e9"}],"max_tokens":null,"logit_bias":{"1":2},"metadata":{"k":"v"}}"#;
+        let req: ChatRequest = serde_json::from_str(body).unwrap();
+        let mut ctx = ctx(&creds, false);
+        ctx.upstream_model = "gpt-4o";
+        let Some(Outbound::Http(http)) = codec.encode_verbatim(body.as_bytes(), &req, &ctx) else {
+            panic!("not verbatim")
+        };
+        let sent = String::from_utf8(http.body.clone()).unwrap();
+        assert_eq!(sent, body.replace("openai/gpt-4o", "gpt-4o"));
+        // Same URL and headers as the field-by-field encoding.
+        let Outbound::Http(plain) = codec.encode(&req, &ctx).unwrap() else {
+            panic!()
+        };
+        assert_eq!((http.url, http.headers), (plain.url, plain.headers));
+
+        // A stream asks for usage.
+        let body = "{\"model\":\"m\",\"stream\":true,\"messages\":[]}\n";
+        let mut sctx = ctx.clone();
+        sctx.stream = true;
+        let out = verbatim_request(body.as_bytes(), "gpt-4o", true).unwrap();
+        let v: Value = serde_json::from_slice(&out).unwrap();
+        assert_eq!(
+            v,
+            json!({"model": "gpt-4o", "stream": true, "messages": [],
+            "stream_options": {"include_usage": true}})
+        );
+        assert!(codec
+            .encode_verbatim(body.as_bytes(), &req, &sctx)
+            .is_some());
+    }
+
+    #[test]
+    fn bodies_the_codec_must_rewrite_are_encoded_field_by_field() {
+        for (body, stream) in [
+            // stream_options to merge with, or to drop.
+            (
+                r#"{"model":"m","stream":true,"stream_options":{"include_usage":false}}"#,
+                true,
+            ),
+            (r#"{"model":"m","stream":true,"stream_options":null}"#, true),
+            (
+                r#"{"model":"m","stream_options":{"include_usage":true}}"#,
+                false,
+            ),
+            // stream disagreeing with what is asked of the vendor, or not a boolean.
+            (r#"{"model":"m","stream":false}"#, true),
+            (r#"{"model":"m"}"#, true),
+            (r#"{"model":"m","stream":"yes"}"#, false),
+            // Not a plain object with a string model.
+            (r#"{"model":7}"#, false),
+            (r#"{"messages":[]}"#, false),
+            (r#"{"model":"a","model":"b"}"#, false),
+            (r#"{"model":"m","#, false),
+            ("[]", false),
+        ] {
+            assert!(
+                verbatim_request(body.as_bytes(), "x", stream).is_none(),
+                "{body}"
+            );
+        }
+        assert!(verbatim_request(br#"{"model":"m","stream_options":null}"#, "x", false).is_some());
+        assert!(verbatim_request(br#"{"model":"m","stream":null}"#, "x", false).is_some());
+        let creds = Credentials::default();
+        let req: ChatRequest = serde_json::from_str(r#"{"model":"m","messages":[]}"#).unwrap();
+        for flavor in [
+            Flavor::DeepSeek,
+            Flavor::Moonshot,
+            Flavor::Mistral,
+            Flavor::Compatible,
+        ] {
+            let c = OpenAiCodec::new(flavor);
+            assert!(c
+                .encode_verbatim(br#"{"model":"m","messages":[]}"#, &req, &ctx(&creds, false))
                 .is_none());
         }
     }

@@ -124,7 +124,11 @@ pub async fn chat_completions(
         include_usage: req.wants_stream_usage(),
     };
     // Boxed: the handler's future stays small for the layers that box and move it.
-    Ok(Box::pin(complete_routed(&state, &rid, &req, route, ticket, wire)).await?)
+    let raw = Some(&bytes[..]);
+    Ok(Box::pin(complete_routed(
+        &state, &rid, &req, raw, route, ticket, wire,
+    ))
+    .await?)
 }
 
 /// Resolves what the client named: a virtual model is planned (with the routing
@@ -218,6 +222,7 @@ async fn call(
     r: &Resolved,
     dctx: &DecodeCtx,
     verbatim: bool,
+    raw: Option<&[u8]>,
 ) -> Result<(Answer, std::time::Duration), Failure> {
     let p = &r.provider;
     let fail = |e: &UpstreamError| Failure {
@@ -236,7 +241,7 @@ async fn call(
         )
         .await
         .map_err(|e| fail(&e))?;
-    match call_once(state, req, r, dctx, &creds, verbatim).await {
+    match call_once(state, req, r, dctx, &creds, verbatim, raw).await {
         Err(f) if f.retry_with_new_token && creds.access_token.is_some() => {
             let creds = state
                 .tokens
@@ -251,7 +256,7 @@ async fn call(
                 .await
                 .map_err(|e| fail(&e))?;
             // The rare second try is boxed so it adds nothing to this future's size.
-            Box::pin(call_once(state, req, r, dctx, &creds, verbatim)).await
+            Box::pin(call_once(state, req, r, dctx, &creds, verbatim, raw)).await
         }
         other => other,
     }
@@ -266,6 +271,7 @@ async fn call_once(
     dctx: &DecodeCtx,
     creds: &tollgate_providers::Credentials,
     verbatim: bool,
+    raw: Option<&[u8]>,
 ) -> Result<(Answer, std::time::Duration), Failure> {
     // Time to the response head (HTTP) or to the first decoded events (streams and
     // WebSocket exchanges): the TTFT health tracks.
@@ -279,7 +285,10 @@ async fn call_once(
         now: chrono::Utc::now(),
         stream,
     };
-    let outbound = codec.encode(req, &ctx).map_err(Failure::before_answer)?;
+    let outbound = match raw.and_then(|body| codec.encode_verbatim(body, req, &ctx)) {
+        Some(o) => o,
+        None => codec.encode(req, &ctx).map_err(Failure::before_answer)?,
+    };
     let fail = |e: &UpstreamError| Failure {
         error: upstream_err(r, e),
         billed: false,
@@ -419,7 +428,16 @@ pub async fn complete(
     ticket: Ticket,
     wire: Wire,
 ) -> Result<Response, GatewayError> {
-    complete_routed(state, rid, req, Route::direct(r.clone()), ticket, wire).await
+    complete_routed(
+        state,
+        rid,
+        req,
+        None,
+        Route::direct(r.clone()),
+        ticket,
+        wire,
+    )
+    .await
 }
 
 /// The backoff before attempt `n + 1` (n >= 1 attempts made): `backoff * 2^(n-1)`,
@@ -454,11 +472,14 @@ fn attempt_json(
 }
 
 /// Tries the route's candidates in order (see the module docs) and answers with the
-/// first that serves.
+/// first that serves. `raw`: the client's JSON body, when it is OpenAI's Chat
+/// Completions (an OpenAI vendor may be sent it as it is, see
+/// [`tollgate_providers::Codec::encode_verbatim`]).
 pub async fn complete_routed(
     state: &Arc<AppState>,
     rid: &RequestId,
     req: &ChatRequest,
+    raw: Option<&[u8]>,
     route: Route,
     mut ticket: Ticket,
     wire: Wire,
@@ -515,7 +536,7 @@ pub async fn complete_routed(
         // so nesting without a box made this handler's future ~57 KB, memcpy'd by every
         // layer that boxes it. See bench/README.md, session 3.
         let verbatim = matches!(wire, Wire::OpenAi { .. });
-        match Box::pin(call(state, req, r, &dctx, verbatim)).await {
+        match Box::pin(call(state, req, r, &dctx, verbatim, raw)).await {
             Ok((answer, ttft)) => {
                 state.health.success(&name, Some(ttft));
                 let header = route.header(*verdict, tried);

@@ -58,7 +58,7 @@ async fn handle(
     let wire = Wire::Anthropic {
         model: req.model.clone(),
     };
-    Box::pin(complete_routed(state, rid, &req, route, ticket, wire)).await
+    Box::pin(complete_routed(state, rid, &req, None, route, ticket, wire)).await
 }
 
 /// An error in Anthropic's shape, with the status its SDK maps to the right exception.
