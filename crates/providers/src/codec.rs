@@ -11,6 +11,12 @@
 //!
 //! Time and credentials come in through [`EncodeCtx`], so signing is deterministic and
 //! tested against the vendors' published worked examples.
+//!
+//! A codec whose vendor speaks OpenAI's Chat Completions exactly (OpenAI itself) also
+//! offers a verbatim path for clients that speak it too: the client's body goes out with
+//! only the model replaced ([`Codec::encode_verbatim`]), and the vendor's answer or
+//! stream chunks come back as sent, with only the cost added ([`Codec::verbatim`],
+//! [`Codec::verbatim_stream_decoder`]). Anything unusual falls back to the canonical path.
 
 use chrono::{DateTime, Utc};
 use tollgate_core::chat::{ChatChunk, ChatRequest, ChatResponse, Usage};

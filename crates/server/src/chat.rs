@@ -350,13 +350,13 @@ async fn call_once(
     // Read until the decoder yields its first events, so that an error the vendor reports
     // before any content (including HTTP-200 errors) is still a proper HTTP error.
     // An OpenAI client streaming from OpenAI gets the vendor's chunks as they are.
-    let verbatim = if verbatim && stream {
+    let verbatim_decoder = if verbatim && stream {
         codec.verbatim_stream_decoder(dctx)
     } else {
         None
     };
     let mut decoder =
-        verbatim.unwrap_or_else(|| codec.stream_decoder(dctx, content_type.as_deref()));
+        verbatim_decoder.unwrap_or_else(|| codec.stream_decoder(dctx, content_type.as_deref()));
     let mut first = Vec::new();
     let mut ended = false;
     while first.is_empty() {
