@@ -432,10 +432,8 @@ mod speed {
         let serde = t.elapsed().as_nanos() as f64 / n as f64;
         println!("{} bytes: scan {scan:.0} ns, verbatim {verb:.0} ns, serde ChatResponse {serde:.0} ns ({k})", body.len());
     }
-}
 
-#[cfg(test)]
-mod speed_big {
+    /// `cargo test --release -p tollgate-providers jscan_speed_big -- --ignored --nocapture`
     #[test]
     #[ignore]
     fn jscan_speed_big() {

@@ -188,25 +188,12 @@ impl Codec for OpenAiCodec {
 /// usage object without a `cost`, and no error. See [`Codec::verbatim`]. The body is
 /// validated as JSON whole ([`crate::jscan`]); only the usage is parsed.
 pub fn verbatim_answer(body: &[u8]) -> Option<Verbatim> {
-    let plain = plain_object(body)?;
-    usage_at(body, plain.usage?)
-}
-
-/// Where an answer's usage is, once the answer passed [`plain_object`]'s checks.
-struct Plain {
-    /// Absent when missing or `null` (chunks without usage carry `"usage": null`).
-    usage: Option<std::ops::Range<usize>>,
-}
-
-/// The checks an answer must pass: a JSON object with a non-empty string `id`, an integer
-/// `created`, a string `model`, a `choices` array and no error.
-fn plain_object(json: &[u8]) -> Option<Plain> {
     let [id, created, model, choices, usage, error] = crate::jscan::top_level(
-        json,
+        body,
         ["id", "created", "model", "choices", "usage", "error"],
     )
     .ok()?;
-    let text = |r: &std::ops::Range<usize>| &json[r.clone()];
+    let text = |r: &std::ops::Range<usize>| &body[r.clone()];
     let starts = |r: &Option<std::ops::Range<usize>>, c: u8| {
         r.as_ref().is_some_and(|r| text(r).first() == Some(&c))
     };
@@ -219,9 +206,7 @@ fn plain_object(json: &[u8]) -> Option<Plain> {
         .ok()?
         .parse::<i64>()
         .ok()?;
-    Some(Plain {
-        usage: usage.filter(|r| text(r) != b"null"),
-    })
+    usage_at(body, usage?)
 }
 
 /// The usage object at `range` of `json`, if it is one without a `cost`.

@@ -221,7 +221,6 @@ async fn call(
     req: &ChatRequest,
     r: &Resolved,
     dctx: &DecodeCtx,
-    verbatim: bool,
     raw: Option<&[u8]>,
 ) -> Result<(Answer, std::time::Duration), Failure> {
     let p = &r.provider;
@@ -241,7 +240,7 @@ async fn call(
         )
         .await
         .map_err(|e| fail(&e))?;
-    match call_once(state, req, r, dctx, &creds, verbatim, raw).await {
+    match call_once(state, req, r, dctx, &creds, raw).await {
         Err(f) if f.retry_with_new_token && creds.access_token.is_some() => {
             let creds = state
                 .tokens
@@ -256,21 +255,21 @@ async fn call(
                 .await
                 .map_err(|e| fail(&e))?;
             // The rare second try is boxed so it adds nothing to this future's size.
-            Box::pin(call_once(state, req, r, dctx, &creds, verbatim, raw)).await
+            Box::pin(call_once(state, req, r, dctx, &creds, raw)).await
         }
         other => other,
     }
 }
 
-/// Encodes, sends, and reads the answer (or the stream's first events). `verbatim`: the
-/// client speaks OpenAI, so an OpenAI answer may be relayed as it came.
+/// Encodes, sends, and reads the answer (or the stream's first events). `raw`: the
+/// client's OpenAI body; with it, an OpenAI vendor's request, answer and stream may pass
+/// as written (the `Codec` verbatim methods).
 async fn call_once(
     state: &Arc<AppState>,
     req: &ChatRequest,
     r: &Resolved,
     dctx: &DecodeCtx,
     creds: &tollgate_providers::Credentials,
-    verbatim: bool,
     raw: Option<&[u8]>,
 ) -> Result<(Answer, std::time::Duration), Failure> {
     // Time to the response head (HTTP) or to the first decoded events (streams and
@@ -324,7 +323,7 @@ async fn call_once(
                     .read_all(resp.body, MAX_UPSTREAM_BODY)
                     .await
                     .map_err(|e| billed(&e))?;
-                if verbatim && resp.status == 200 {
+                if raw.is_some() && resp.status == 200 {
                     if let Some(v) = codec.verbatim(&body) {
                         return Ok((Answer::Verbatim(body, v), head));
                     }
@@ -350,7 +349,7 @@ async fn call_once(
     // Read until the decoder yields its first events, so that an error the vendor reports
     // before any content (including HTTP-200 errors) is still a proper HTTP error.
     // An OpenAI client streaming from OpenAI gets the vendor's chunks as they are.
-    let verbatim_decoder = if verbatim && stream {
+    let verbatim_decoder = if raw.is_some() && stream {
         codec.verbatim_stream_decoder(dctx)
     } else {
         None
@@ -418,28 +417,6 @@ async fn call_once(
         .map_err(|e| billed(&e))
 }
 
-/// Calls the upstream, settles the ticket and builds the client's response (a direct
-/// `provider/model`: one attempt, no fallback).
-pub async fn complete(
-    state: &Arc<AppState>,
-    rid: &RequestId,
-    req: &ChatRequest,
-    r: &Resolved,
-    ticket: Ticket,
-    wire: Wire,
-) -> Result<Response, GatewayError> {
-    complete_routed(
-        state,
-        rid,
-        req,
-        None,
-        Route::direct(r.clone()),
-        ticket,
-        wire,
-    )
-    .await
-}
-
 /// The backoff before attempt `n + 1` (n >= 1 attempts made): `backoff * 2^(n-1)`,
 /// capped, with "equal jitter" (half fixed, half random) so that clients failing over
 /// together spread out.
@@ -472,9 +449,10 @@ fn attempt_json(
 }
 
 /// Tries the route's candidates in order (see the module docs) and answers with the
-/// first that serves. `raw`: the client's JSON body, when it is OpenAI's Chat
-/// Completions (an OpenAI vendor may be sent it as it is, see
-/// [`tollgate_providers::Codec::encode_verbatim`]).
+/// first that serves. `raw`: the client's JSON body, when the client speaks OpenAI's
+/// Chat Completions (`None` for other wire formats): with it, an OpenAI vendor is sent
+/// that body and its answer or stream is relayed as written (the `Codec` verbatim
+/// methods).
 pub async fn complete_routed(
     state: &Arc<AppState>,
     rid: &RequestId,
@@ -535,8 +513,7 @@ pub async fn complete_routed(
         // Boxed: an awaited future is stored in its caller's state (and copied into it),
         // so nesting without a box made this handler's future ~57 KB, memcpy'd by every
         // layer that boxes it. See bench/README.md, session 3.
-        let verbatim = matches!(wire, Wire::OpenAi { .. });
-        match Box::pin(call(state, req, r, &dctx, verbatim, raw)).await {
+        match Box::pin(call(state, req, r, &dctx, raw)).await {
             Ok((answer, ttft)) => {
                 state.health.success(&name, Some(ttft));
                 let header = route.header(*verdict, tried);
