@@ -106,29 +106,36 @@ pub fn decode_json<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, Ga
     Ok(value)
 }
 
-/// The handler.
+/// The handler, as the router calls it.
 pub async fn chat_completions(
     axum::extract::State(state): axum::extract::State<Arc<AppState>>,
     axum::Extension(rid): axum::Extension<RequestId>,
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
-    let key = state.authenticate(presented_key(&headers)).await?;
+    handle(&state, &rid, &headers, body).await
+}
+
+/// The handler's work; `crate::Front` calls it directly, past the router.
+pub async fn handle(
+    state: &Arc<AppState>,
+    rid: &RequestId,
+    headers: &HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let key = state.authenticate(presented_key(headers)).await?;
     let bytes = read_body(body, state.config.max_body_bytes).await?;
     let req: ChatRequest = decode_json(&bytes)?;
     req.validate()?;
-    let route = route_for(&state, &key, &req, &headers)?;
+    let route = route_for(state, &key, &req, headers)?;
     let first = route.first()?;
-    let ticket = metering::admit(&state, &rid, &key, &req, &first).await?;
+    let ticket = metering::admit(state, rid, &key, &req, &first).await?;
     let wire = Wire::OpenAi {
         include_usage: req.wants_stream_usage(),
     };
     // Boxed: the handler's future stays small for the layers that box and move it.
     let raw = Some(&bytes[..]);
-    Ok(Box::pin(complete_routed(
-        &state, &rid, &req, raw, route, ticket, wire,
-    ))
-    .await?)
+    Ok(Box::pin(complete_routed(state, rid, &req, raw, route, ticket, wire)).await?)
 }
 
 /// Resolves what the client named: a virtual model is planned (with the routing

@@ -22,14 +22,24 @@ use crate::state::AppState;
 use crate::wire::Wire;
 use crate::RequestId;
 
-/// The handler.
+/// The handler, as the router calls it.
 pub async fn messages(
     axum::extract::State(state): axum::extract::State<Arc<AppState>>,
     axum::Extension(rid): axum::Extension<RequestId>,
     headers: HeaderMap,
     body: Body,
 ) -> Response {
-    match handle(&state, &rid, &headers, body).await {
+    answer(&state, &rid, &headers, body).await
+}
+
+/// The handler's work, errors in Anthropic's shape; `crate::Front` calls it directly.
+pub(crate) async fn answer(
+    state: &Arc<AppState>,
+    rid: &RequestId,
+    headers: &HeaderMap,
+    body: Body,
+) -> Response {
+    match handle(state, rid, headers, body).await {
         Ok(r) => r,
         Err(e) => anthropic_error(&e),
     }
