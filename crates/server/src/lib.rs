@@ -173,9 +173,7 @@ impl hyper::service::Service<axum::http::Request<hyper::body::Incoming>> for Fro
                         Hot::Chat => chat::handle(&state, &rid, &parts.headers, body)
                             .await
                             .unwrap_or_else(IntoResponse::into_response),
-                        Hot::Messages => {
-                            messages::answer(&state, &rid, &parts.headers, body).await
-                        }
+                        Hot::Messages => messages::answer(&state, &rid, &parts.headers, body).await,
                     };
                     Ok(with_request_id(resp, &rid))
                 })
@@ -366,7 +364,9 @@ struct Balancer {
 }
 
 impl Balancer {
-    fn new(inbox: Vec<tokio::sync::mpsc::UnboundedSender<(std::net::TcpStream, Held)>>) -> Balancer {
+    fn new(
+        inbox: Vec<tokio::sync::mpsc::UnboundedSender<(std::net::TcpStream, Held)>>,
+    ) -> Balancer {
         Balancer {
             open: inbox
                 .iter()
