@@ -806,7 +806,7 @@ mod tests {
         let mut checked = 0;
         for (i, s) in strs.iter().enumerate() {
             for (k, &n) in ints.iter().enumerate() {
-                let opt = |j: usize| (i + k + j) % 3 != 0;
+                let opt = |j: usize| !(i + k + j).is_multiple_of(3);
                 let r = LedgerRow {
                     id: s.clone(),
                     ts_ms: n,
