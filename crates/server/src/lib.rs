@@ -253,7 +253,7 @@ async fn models(
 /// core): a connection, its request, the upstream call on that thread's own connection
 /// pool and the ledger append all stay on one thread, so serving a request wakes no
 /// other thread. Every thread accepts from the same listening socket, then hands the
-/// connection to the thread serving the fewest connections ([`Balancer`]): left to the
+/// connection to the thread serving the fewest connections (`Balancer`): left to the
 /// kernel, the first thread to wake takes a whole burst of new connections (wrk's 20
 /// paced connections all landed on one thread, and each burst of their requests then
 /// queued behind one core while the other idled).
@@ -514,5 +514,50 @@ mod id_tests {
         }
         let id = super::next_request_id().0;
         assert!(id.starts_with("req_") && id.len() == 28, "{id}");
+    }
+}
+
+#[cfg(test)]
+mod balancer_tests {
+    use super::*;
+
+    fn balancer(threads: usize) -> Arc<Balancer> {
+        let senders = (0..threads)
+            .map(|_| tokio::sync::mpsc::unbounded_channel().0)
+            .collect();
+        Arc::new(Balancer::new(senders))
+    }
+
+    fn open(b: &Balancer) -> Vec<usize> {
+        b.open.iter().map(|n| n.load(Ordering::Relaxed)).collect()
+    }
+
+    #[test]
+    fn a_burst_accepted_on_one_thread_is_spread_over_all() {
+        let b = balancer(3);
+        // Twenty connections accepted back to back by thread 0, before any is served:
+        // each is counted where it goes at once, so the burst spreads evenly.
+        let held: Vec<Held> = (0..20).map(|_| b.pick(0)).collect();
+        assert_eq!(open(&b), [7, 7, 6]);
+        // Ties stay on the accepting thread (nothing is handed over needlessly).
+        assert_eq!(held[0].slot, 0);
+        drop(held);
+        assert_eq!(open(&b), [0, 0, 0]);
+        assert_eq!(b.pick(2).slot, 2);
+    }
+
+    #[test]
+    fn new_connections_go_where_fewest_are_open() {
+        let b = balancer(2);
+        let mut on_0: Vec<Held> = (0..4).map(|_| b.pick(0)).collect();
+        assert_eq!(open(&b), [2, 2]);
+        // Thread 1's connections close; the next ones go to it, whoever accepts them.
+        let (_kept, gone): (Vec<Held>, Vec<Held>) = on_0.drain(..).partition(|h| h.slot == 0);
+        drop(gone);
+        assert_eq!(open(&b), [2, 0]);
+        assert_eq!(b.pick(0).slot, 1);
+        let h = b.pick(0);
+        assert_eq!(h.slot, 1);
+        assert_eq!(open(&b), [2, 1]);
     }
 }
