@@ -818,7 +818,7 @@ mod tests {
                     model: s.clone(),
                     price_id: opt(1).then(|| s.clone()),
                     prompt_tokens: n,
-                    completion_tokens: -n.wrapping_add(1),
+                    completion_tokens: n.wrapping_add(1).wrapping_neg(),
                     cached_tokens: ints[(k + 1) % ints.len()],
                     cache_write_tokens: ints[(k + 2) % ints.len()],
                     reasoning_tokens: ints[(k + 3) % ints.len()],
