@@ -41,6 +41,7 @@ REALISTIC_FAULTS = "latency_ms=20,chunk_interval_ms=10,chunks=100"
 EMULATOR_KEY = "emulator-key"
 LITELLM_MASTER_KEY = "sk-bench-master"
 MODEL = "gpt-4o-mini"
+PROMPT_BYTES = 8000  # the large-prompt measurement (rps_c32_prompt8k)
 
 
 def log(msg):
@@ -428,10 +429,12 @@ def start_tollgate(tollgate, emu_port, tmp, keep_logs, extra_env=()):
 # ---------------------------------------------------------------------------- load
 
 
-def run_wrk(target, conns, duration, stream, delay_ms=0, threads=None, timeout_s=10):
+def run_wrk(target, conns, duration, stream, delay_ms=0, threads=None, timeout_s=10,
+            prompt_bytes=0):
     threads = threads or max(1, min(2, conns))
     env = dict(os.environ)
     env["BENCH_DELAY_MS"] = str(delay_ms)
+    env["BENCH_PROMPT_BYTES"] = str(prompt_bytes)
     cmd = ["wrk", "-t", str(threads), "-c", str(conns), "-d", f"{max(1, round(duration))}s",
            "--timeout", f"{timeout_s}s", "-s", os.path.join(BENCH, "wrk", "chat.lua"),
            target.url, "--", target.model, target.key, "1" if stream else "0"]
@@ -507,7 +510,8 @@ def measure(kind, target, emu, opts, **kw):
             res = run_ttft(target, kw["conns"], kw["duration"])
         else:
             res = run_wrk(target, kw["conns"], kw["duration"], kw["stream"],
-                          delay_ms=kw.get("delay_ms", 0), timeout_s=kw.get("timeout_s", 10))
+                          delay_ms=kw.get("delay_ms", 0), timeout_s=kw.get("timeout_s", 10),
+                          prompt_bytes=kw.get("prompt_bytes", 0))
     mach1 = machine_jiffies()
     kids1 = resource.getrusage(resource.RUSAGE_CHILDREN)
     pids_after = target.pids()
@@ -722,6 +726,13 @@ def main():
         for c in concs:
             matrix.append(("zero", f"stream_rps_c{c}", "wrk", [n for n in names if n != "nginx_b"],
                            {"conns": c, "duration": dur, "stream": True}))
+        # Large prompts (RAG, long chats): what a gateway does per byte of request shows
+        # here and hardly at all with the short benchmark body.
+        if 32 in concs:
+            matrix.append(("zero", "rps_c32_prompt8k", "wrk",
+                           [n for n in names if n != "nginx_b"],
+                           {"conns": 32, "duration": dur, "stream": False,
+                            "prompt_bytes": PROMPT_BYTES}))
         # Paced load: C connections with think time D: about C*1000/D requests/s.
         delay = max(1, round(conns_paced * 1000 / opts.paced_rps))
         matrix.append(("zero", "paced", "wrk", [n for n in names if n != "litellm"],
@@ -802,7 +813,10 @@ def analyse(results, targets, peak, opts, concs, features, tmp):
     for tn in targets:
         d = {"note": targets[tn].note, "peak_rss_mb": peak.get(tn)}
         for c in concs:
-            for prefix, mid in (("", f"rps_c{c}"), ("stream_", f"stream_rps_c{c}")):
+            pairs = [("", f"rps_c{c}"), ("stream_", f"stream_rps_c{c}")]
+            if c == 32:
+                pairs.append(("prompt8k_", "rps_c32_prompt8k"))
+            for prefix, mid in pairs:
                 runs = results.get(mid, {}).get(tn)
                 if not runs:
                     continue
@@ -893,6 +907,8 @@ def analyse(results, targets, peak, opts, concs, features, tmp):
         "nginx_b_vs_nginx_rps": rnd(rep_ratio("rps_c32", "nginx_b", "nginx", rps), 3),
         "nginx_b_vs_nginx_added_p99": rnd(added_ratio("nginx_b", "nginx"), 3),
         "tollgate_vs_nginx_stream_rps": rnd(rep_ratio("stream_rps_c32", "tollgate", "nginx", rps), 3),
+        "tollgate_vs_nginx_rps_prompt8k": rnd(rep_ratio("rps_c32_prompt8k", "tollgate", "nginx", rps), 3),
+        "tollgate_vs_litellm_rps_prompt8k": rnd(rep_ratio("rps_c32_prompt8k", "tollgate", "litellm", rps), 1),
     }
     targets_met = {
         "rps_ge_0.8x_nginx": None if ratios["tollgate_vs_nginx_rps"] is None
@@ -959,6 +975,8 @@ def analyse(results, targets, peak, opts, concs, features, tmp):
                    "nginx: master and workers); peak_rss_mb = VmHWM over the whole run",
             "cpu": "utime+stime from /proc/PID/stat of the target's processes before and after",
             "streams_1k": f"{opts.streams} concurrent streams with wrk -c {opts.streams}, realistic upstream",
+            "prompt8k": f"rps_c32_prompt8k: as rps_c32 with the user message padded to "
+                        f"{PROMPT_BYTES} bytes (bench/wrk/chat.lua, BENCH_PROMPT_BYTES)",
             "tollgate_log": "tollgate logs at its default level (info) to /dev/null"
                             if not opts.keep_logs else "tollgate logs to a file",
         },
@@ -1017,6 +1035,11 @@ def print_table(out):
                  f"{m['reps']} reps x {m['duration_s']:g} s, medians | idle wait gave up "
                  f"{n['idle_wait_gave_up']}/{n['measurements']}, foreign CPU median "
                  f"{f(n['foreign_cpu_cores_median'], 2)} cores")
+    big = {tn: d.get("prompt8k_c32", {}).get("rps") for tn, d in per.items()}
+    if any(v is not None for v in big.values()):
+        lines.append("8 KB prompts, rps c32: " + ", ".join(
+            f"{tn} {f(v)}" for tn, v in big.items() if v is not None)
+            + f" | tollgate/nginx {f(r.get('tollgate_vs_nginx_rps_prompt8k'), 3)}")
     lines.append("rps = requests/s at saturation (srps: streaming); paced = "
                  f"{m['paced'].split(' (')[0]} (* LiteLLM at its lower paced rate); + = added over direct")
     print("\n".join(lines))

@@ -11,14 +11,31 @@
 --          for added latency. (wrk decides whether delay() exists when it loads the
 --          script, before init() sees the arguments, hence the environment variable.)
 --
+-- BENCH_PROMPT_BYTES (environment) pads the user message to about this many bytes of
+--          plain English words (the "large prompt" measurement: RAG, long chats); unset
+--          or 0 = the short message above.
+--
 -- At the end one line `BENCHJSON {...}` carries the figures (latencies in µs).
 
 function init(args)
   local model = args[1] or "gpt-4o-mini"
   local key = args[2] or "-"
   local stream = args[3] == "1"
+  local user = "Say hello to the benchmark in one short sentence."
+  local pad = tonumber(os.getenv("BENCH_PROMPT_BYTES") or "0") or 0
+  if pad > #user then
+    local words = " Context passage: the quick brown fox jumps over the lazy dog, and the"
+      .. " gateway meters every token of it."
+    local parts = { user }
+    local n = #user
+    while n < pad do
+      parts[#parts + 1] = words
+      n = n + #words
+    end
+    user = table.concat(parts)
+  end
   local body = '{"model":"' .. model .. '","messages":[{"role":"system","content":"You are terse."},'
-    .. '{"role":"user","content":"Say hello to the benchmark in one short sentence."}],'
+    .. '{"role":"user","content":"' .. user .. '"}],'
     .. '"max_tokens":64'
   if stream then
     body = body .. ',"stream":true'
