@@ -679,15 +679,32 @@ impl Serialize for Usage {
     }
 }
 
-impl<'de> Deserialize<'de> for Usage {
-    /// Reads OpenAI's shape and the OpenAI-compatible vendors' variants of it
-    /// (DeepSeek's `prompt_cache_hit_tokens`, Moonshot's top-level `cached_tokens`).
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let w = UsageWire::deserialize(d)?;
+/// The members of a usage object in OpenAI's shape and its vendors' variants, as read
+/// (absent or `null` counts read as 0 or `None` as serde reads them); [`Usage::from_fields`]
+/// makes the canonical [`Usage`]. Public so a reader that finds the members without
+/// serde (the verbatim relay's) gets exactly what deserializing gives.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct UsageFields {
+    pub prompt_tokens: u64,
+    pub completion_tokens: u64,
+    pub total_tokens: u64,
+    /// `prompt_tokens_details.cached_tokens`, when `prompt_tokens_details` is an object.
+    pub details_cached_tokens: Option<u64>,
+    /// `completion_tokens_details.reasoning_tokens`, likewise.
+    pub details_reasoning_tokens: Option<u64>,
+    pub prompt_cache_hit_tokens: Option<u64>,
+    pub cached_tokens: Option<u64>,
+    pub cache_creation_input_tokens: Option<u64>,
+    pub cost: Option<String>,
+}
+
+impl Usage {
+    /// The canonical usage of what a vendor reported: cache hits from OpenAI's details,
+    /// DeepSeek's `prompt_cache_hit_tokens` or Moonshot's top-level `cached_tokens` (in
+    /// that order), completion tokens from the total when only that says.
+    pub fn from_fields(w: UsageFields) -> Usage {
         let cached = w
-            .prompt_tokens_details
-            .as_ref()
-            .map(|p| p.cached_tokens)
+            .details_cached_tokens
             .filter(|c| *c > 0)
             .or(w.prompt_cache_hit_tokens)
             .or(w.cached_tokens)
@@ -697,17 +714,33 @@ impl<'de> Deserialize<'de> for Usage {
         } else {
             w.completion_tokens
         };
-        Ok(Usage {
+        Usage {
             prompt_tokens: w.prompt_tokens,
             completion_tokens: completion,
             cached_tokens: cached.min(w.prompt_tokens),
             cache_write_tokens: w.cache_creation_input_tokens.unwrap_or(0),
-            reasoning_tokens: w
-                .completion_tokens_details
-                .map(|c| c.reasoning_tokens)
-                .unwrap_or(0),
+            reasoning_tokens: w.details_reasoning_tokens.unwrap_or(0),
             cost: w.cost,
-        })
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for Usage {
+    /// Reads OpenAI's shape and the OpenAI-compatible vendors' variants of it
+    /// (DeepSeek's `prompt_cache_hit_tokens`, Moonshot's top-level `cached_tokens`).
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let w = UsageWire::deserialize(d)?;
+        Ok(Usage::from_fields(UsageFields {
+            prompt_tokens: w.prompt_tokens,
+            completion_tokens: w.completion_tokens,
+            total_tokens: w.total_tokens,
+            details_cached_tokens: w.prompt_tokens_details.map(|p| p.cached_tokens),
+            details_reasoning_tokens: w.completion_tokens_details.map(|c| c.reasoning_tokens),
+            prompt_cache_hit_tokens: w.prompt_cache_hit_tokens,
+            cached_tokens: w.cached_tokens,
+            cache_creation_input_tokens: w.cache_creation_input_tokens,
+            cost: w.cost,
+        }))
     }
 }
 
