@@ -78,3 +78,68 @@ def test_prometheus_metrics(demo):
     assert 'tollgate_requests_total{provider="deepseek",model="deepseek-chat",status="ok"}' in text
     assert 'tollgate_cost_total{provider="deepseek",model="deepseek-chat",currency="CNY"}' in text
     assert "# TYPE tollgate_request_duration_ms histogram" in text
+
+
+def test_request_ids_and_routes_on_both_paths(demo):
+    """The chat and messages routes are answered past the router; everything else goes
+    through it. Both give every answer a request id and the right status and error."""
+    host, port = demo["url"].split("//")[1].split(":")
+    chat = json.dumps({"model": "openai/gpt-4o-mini",
+                       "messages": [{"role": "user", "content": "hi"}]})
+    cases = [
+        ("POST", "/v1/chat/completions", chat, {}, 401, "authentication_error"),
+        ("POST", "/v1/messages", "{}", {"anthropic-version": "2023-06-01"}, 401,
+         "authentication_error"),
+        ("POST", "/chat/completions", chat, {"Authorization": f"Bearer {demo['key']}"}, 200,
+         None),
+        ("POST", "/v1/chat/completions?x=1", chat, {"Authorization": f"Bearer {demo['key']}"},
+         200, None),
+        ("GET", "/v1/chat/completions", None, {}, 405, None),
+        ("PUT", "/v1/messages", "{}", {}, 405, None),
+        ("GET", "/nowhere", None, {}, 404, None),
+        ("GET", "/healthz", None, {}, 200, None),
+    ]
+    ids = set()
+    for method, path, body, headers, status, err_type in cases:
+        c = http.client.HTTPConnection(host, int(port), timeout=10)
+        c.request(method, path, body=body,
+                  headers={"Content-Type": "application/json", **headers})
+        r = c.getresponse()
+        data = r.read()
+        c.close()
+        assert r.status == status, (method, path, r.status, data[:300])
+        rid = r.getheader("x-tollgate-request-id")
+        assert rid and rid.startswith("req_"), (method, path)
+        ids.add(rid)
+        if err_type:
+            assert json.loads(data)["error"]["type"] == err_type, data
+    assert len(ids) == len(cases)
+
+
+def test_a_burst_of_connections_is_spread_and_served(demo):
+    """Connections opened at once are handed between the serving threads; every one is
+    served, and keeps being served on the same connection after the hand-over."""
+    import concurrent.futures
+    host, port = demo["url"].split("//")[1].split(":")
+    body = json.dumps({"model": "openai/gpt-4o-mini",
+                       "messages": [{"role": "user", "content": "hi"}]})
+    conns = [http.client.HTTPConnection(host, int(port), timeout=30) for _ in range(24)]
+    for c in conns:
+        c.connect()
+
+    def ask(c):
+        out = []
+        for _ in range(3):
+            c.request("POST", "/v1/chat/completions", body=body, headers={
+                "Content-Type": "application/json", "Authorization": f"Bearer {demo['key']}"})
+            r = c.getresponse()
+            r.read()
+            out.append((r.status, r.getheader("x-tollgate-request-id")))
+        return out
+
+    with concurrent.futures.ThreadPoolExecutor(len(conns)) as pool:
+        results = [x for xs in pool.map(ask, conns) for x in xs]
+    for c in conns:
+        c.close()
+    assert [s for s, _ in results] == [200] * 72
+    assert len({rid for _, rid in results}) == 72

@@ -126,8 +126,8 @@ fn with_request_id(mut resp: Response, rid: &RequestId) -> Response {
 /// router. The same handlers either way, with the same request id header; the direct
 /// call skips what the router costs per request on the hot routes (path matching, the
 /// middleware's boxed `Next`, the extensions map for the request id, a copy of the
-/// header map for the extractor, three more boxed futures): about 9,000 instructions of
-/// ~130,000 per request (callgrind), measured in bench/README.md.
+/// header map for the extractor, more boxed futures): 6,300 of the 132,700 instructions
+/// a request cost (callgrind; bench/README.md, "Session 5").
 #[derive(Clone)]
 struct Front {
     state: Arc<AppState>,
