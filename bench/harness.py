@@ -285,21 +285,9 @@ class Target:
         return f"http://127.0.0.1:{self.port}/v1/chat/completions"
 
 
-def build_nodelay_shim(tmp):
-    """Compiles bench/nodelay.c (TCP_NODELAY on accepted sockets) for the emulator."""
-    cc = shutil.which("cc") or shutil.which("gcc")
-    if not cc:
-        return None
-    out = os.path.join(tmp, "nodelay.so")
-    r = subprocess.run([cc, "-O2", "-shared", "-fPIC", "-o", out,
-                        os.path.join(BENCH, "nodelay.c"), "-ldl"], capture_output=True)
-    return out if r.returncode == 0 else None
-
-
-def start_emulator(tollgate, tmp, shim=None):
+def start_emulator(tollgate, tmp):
+    # The emulator sends with TCP_NODELAY, as vendors' front ends do (emulators::serve).
     env = dict(os.environ)
-    if shim:
-        env["LD_PRELOAD"] = shim
     p = Proc("emulator", [tollgate, "emulate", "openai", "--port", "0"], env=env,
              log_path=os.path.join(tmp, "emulator.log"),
              ready=r"listening on http://127\.0\.0\.1:(\d+)")
@@ -644,8 +632,6 @@ def main():
                     help="most seconds spent waiting for idle over the whole run "
                          "(default 300, quick 30); then measurements start at once")
     ap.add_argument("--litellm-workers", type=int, default=2)
-    ap.add_argument("--emulator-nagle", action="store_true",
-                    help="run the emulator as built (Nagle on) instead of with bench/nodelay.c")
     ap.add_argument("--only", default=None,
                     help="comma list of measurements to run (rps_c32, stream_rps_c32, paced, "
                          "paced_low, ttft, streams_1k, ...); default all")
@@ -675,10 +661,7 @@ def main():
     load_start = loadavg()
 
     try:
-        shim = None if opts.emulator_nagle else build_nodelay_shim(tmp)
-        if not shim and not opts.emulator_nagle:
-            log("warning: no C compiler for bench/nodelay.c: the emulator keeps Nagle on")
-        emu, emu_port = start_emulator(opts.tollgate, tmp, shim)
+        emu, emu_port = start_emulator(opts.tollgate, tmp)
         procs.append(emu)
         set_faults(emu_port, ZERO_FAULTS)
         targets = {}
@@ -783,7 +766,6 @@ def main():
             if t.procs:
                 peak[tn] = round(sum(status_kb(p, "VmHWM") for p in t.pids()) / 1024, 1)
         out = analyse(results, targets, peak, opts, concs, features, tmp)
-        out["method"]["emulator_nodelay_shim"] = bool(shim)
         out["raw"] = results
         out["machine"] = machine()
         out["machine"]["loadavg_start"] = load_start

@@ -80,8 +80,7 @@ def main():
     tmp = tempfile.mkdtemp(prefix="tollgate-profile-")
     procs = []
     try:
-        emu, emu_port = harness.start_emulator(a.tollgate, tmp,
-                                               harness.build_nodelay_shim(tmp))
+        emu, emu_port = harness.start_emulator(a.tollgate, tmp)
         procs.append(emu)
         port = harness.free_port()
         data = os.path.join(tmp, "data")
