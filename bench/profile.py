@@ -140,8 +140,7 @@ def main():
             print(f"instructions per request: {total / n:,.0f}")
 
         def top(text, label):
-            print(f"\n## top {a.top} by {label} cost (instructions per request, % of total)")
-            rows = 0
+            rows = []
             for line in text.splitlines():
                 mm = re.match(r"^\s*([\d,]+) \(\s*([\d.]+)%\)\s+(\S.*)$", line)
                 if not mm or "PROGRAM TOTALS" in line:
@@ -149,10 +148,17 @@ def main():
                 ir = int(mm.group(1).replace(",", ""))
                 name = mm.group(3)
                 name = re.sub(r"^\S*?:", "", name, count=1) if ":" in name.split(" ")[0] else name
-                print(f"{ir / n:12,.0f} {float(mm.group(2)):5.1f}%  {name[:150]}")
-                rows += 1
-                if rows >= a.top:
+                rows.append(f"{ir / n:12,.0f} {float(mm.group(2)):5.1f}%  {name[:150]}")
+                if len(rows) >= a.top:
                     break
+            print(f"\n## top {a.top} by {label} cost (instructions per request, % of total)")
+            if len(rows) < 2:
+                # Counters zeroed mid-run: callgrind then books all the self cost of the
+                # serving thread to one frame, and this list says nothing.
+                print("   (callgrind booked it all to one frame: read the tree instead, "
+                      "with --keep DIR and\n    callgrind_annotate --inclusive=yes "
+                      "--tree=calling DIR/callgrind.out.*)")
+            print("\n".join(rows))
         top(ann, "inclusive")
         top(excl, "exclusive")
         if a.keep:
