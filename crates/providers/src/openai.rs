@@ -249,7 +249,8 @@ const USAGE_KEYS: [&str; 9] = [
 /// what vendors send: a plain integer, `null`, or for the details an object of those.
 /// `None` otherwise (a float, a sign, an exponent, a number past `u64`, a string...):
 /// serde decides those, so both readers always agree (a test checks it). Serde took
-/// ~5,500 instructions for a usage object; this a few hundred.
+/// ~5,500 instructions for OpenAI's usage object; this ~2,800, most of it `jscan`
+/// checking the two details objects.
 fn usage_fields(
     raw: &[u8],
     found: &[Option<std::ops::Range<usize>>; 9],
