@@ -312,7 +312,6 @@ pub async fn run(
         done.push(done_rx);
     }
     drop(listener);
-    drop(balancer);
     let outcome = |r: Result<std::io::Result<()>, _>| match r {
         Ok(r) => r,
         Err(_) => Err(std::io::Error::other("a serving thread panicked")),
