@@ -523,6 +523,14 @@ def measure(kind, target, emu, opts, **kw):
         "foreign_cpu_s": round(max(0.0, busy_all - gw_cpu - emu_cpu - load_cpu), 3),
         "cpu_s_per_1k": round(gw_cpu / requests * 1000, 4) if requests and pids else None,
         "emulator_cpu_s_per_1k": round(emu_cpu / requests * 1000, 4) if requests else None,
+        # Every busy jiffy of the machine (softirq included, where loopback TCP is mostly
+        # done and which no process is charged for) per request: what the whole set-up
+        # (load generator, emulator, target) spends on one answer.
+        "machine_us_per_req": round(busy_all / requests * 1e6, 2) if requests else None,
+        "gateway_user_us_per_req": round((us1[0] - us0[0]) / requests * 1e6, 2)
+        if requests and pids else None,
+        "gateway_sys_us_per_req": round((us1[1] - us0[1]) / requests * 1e6, 2)
+        if requests and pids else None,
         "rss_max_mb": round(sampler.max_kb / 1024, 1) if pids else None,
         "threads_max": sampler.max_threads if pids else None,
         "hwm_mb": (round(sum(status_kb(p, "VmHWM") for p in pids_after) / 1024, 1)
@@ -810,6 +818,9 @@ def analyse(results, targets, peak, opts, concs, features, tmp):
                     "errors": sum(series(mid, tn, lambda r: r["errors_total"])),
                     "requests": sum(series(mid, tn, lambda r: r["requests"])),
                     "cpu_s_per_1k": rnd(med(series(mid, tn, lambda r: r["cpu_s_per_1k"])), 4),
+                    "machine_us_per_req": rnd(med(series(mid, tn, lambda r: r.get("machine_us_per_req"))), 2),
+                    "gateway_user_us_per_req": rnd(med(series(mid, tn, lambda r: r.get("gateway_user_us_per_req"))), 2),
+                    "gateway_sys_us_per_req": rnd(med(series(mid, tn, lambda r: r.get("gateway_sys_us_per_req"))), 2),
                     "rss_max_mb": rnd(med(series(mid, tn, lambda r: r["rss_max_mb"])), 1),
                     "reps_rps": [rnd(x, 1) for x in series(mid, tn, lambda r: r["rps"])],
                 }
@@ -914,10 +925,25 @@ def analyse(results, targets, peak, opts, concs, features, tmp):
         "idle_wait_total_s": rnd(sum(r["idle_wait_s"] for r in all_runs), 1),
         "idle_budget_exhausted": opts.idle_budget_left <= 0,
     }
+    # What 0.8x nginx would take: both saturate the same machine, so throughput goes as
+    # the inverse of the whole machine's CPU per request.
+    m_ng, m_tg = g("nginx", "c32", "machine_us_per_req"), g("tollgate", "c32", "machine_us_per_req")
+    allowed = None if m_ng is None else m_ng / 0.8
+    cpu_budget = {
+        "machine_us_per_req": {tn: g(tn, "c32", "machine_us_per_req") for tn in per},
+        "tollgate_machine_us_per_req_for_0.8x_nginx": rnd(allowed, 2),
+        "tollgate_machine_us_per_req_over_that": rnd(None if allowed is None or m_tg is None
+                                                     else m_tg - allowed, 2),
+        "tollgate_user_us_per_req": g("tollgate", "c32", "gateway_user_us_per_req"),
+        "tollgate_sys_us_per_req": g("tollgate", "c32", "gateway_sys_us_per_req"),
+        "nginx_user_us_per_req": g("nginx", "c32", "gateway_user_us_per_req"),
+        "nginx_sys_us_per_req": g("nginx", "c32", "gateway_sys_us_per_req"),
+    }
     tg = per.get("tollgate", {})
     out = {
         "ratios": ratios,
         "targets_met": targets_met,
+        "cpu_budget_c32": cpu_budget,
         "tollgate": {
             "peak_rss_mb_1k_streams": g("tollgate", "streams_1k", "rss_mb"),
             "peak_rss_mb": tg.get("peak_rss_mb"),
@@ -1022,6 +1048,16 @@ def print_table(out):
         lines.append("8 KB prompts, rps c32: " + ", ".join(
             f"{tn} {f(v)}" for tn, v in big.items() if v is not None)
             + f" | tollgate/nginx {f(r.get('tollgate_vs_nginx_rps_prompt8k'), 3)}")
+    cb = out["cpu_budget_c32"]
+    if cb["tollgate_machine_us_per_req_for_0.8x_nginx"] is not None:
+        lines.append(
+            "CPU per request at c32, whole machine (load generator + emulator + target, softirq "
+            "included): " + ", ".join(f"{tn} {f(v, 1)} us" for tn, v in
+                                      cb["machine_us_per_req"].items() if v is not None)
+            + f" | 0.8x nginx allows tollgate {f(cb['tollgate_machine_us_per_req_for_0.8x_nginx'], 1)} us"
+            f" ({f(cb['tollgate_machine_us_per_req_over_that'], 1)} us over) | own user/sys us: "
+            f"tollgate {f(cb['tollgate_user_us_per_req'], 1)}/{f(cb['tollgate_sys_us_per_req'], 1)}, "
+            f"nginx {f(cb['nginx_user_us_per_req'], 1)}/{f(cb['nginx_sys_us_per_req'], 1)}")
     lines.append("rps = requests/s at saturation (srps: streaming); paced = "
                  f"{m['paced'].split(' (')[0]} (* LiteLLM at its lower paced rate); + = added over direct")
     print("\n".join(lines))
