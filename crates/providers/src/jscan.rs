@@ -84,6 +84,55 @@ static STRING_STOP: [bool; 256] = {
     t
 };
 
+/// `0x01` in every byte of a word.
+const ONES: u64 = 0x0101_0101_0101_0101;
+/// The high bit of every byte of a word.
+const HIGHS: u64 = 0x8080_8080_8080_8080;
+
+/// The bytes of `w` (little-endian) that end a run of plain string content, as their
+/// high bits. Only the lowest flagged byte is exact (a borrow can flag bytes above a true
+/// one), which is all [`skip_plain`] reads. A byte is below `0x20` when subtracting
+/// `0x20` borrows from it and its high bit was clear; it is `c` when `w ^ c` is zero
+/// there.
+#[inline(always)]
+fn stop_bits(w: u64) -> u64 {
+    let control = w.wrapping_sub(ONES * 0x20) & !w & HIGHS;
+    let q = w ^ (ONES * u64::from(b'"'));
+    let quote = q.wrapping_sub(ONES) & !q & HIGHS;
+    let e = w ^ (ONES * u64::from(b'\\'));
+    let escape = e.wrapping_sub(ONES) & !e & HIGHS;
+    control | quote | escape
+}
+
+/// The index of the first byte at or after `i` that ends plain string content (a
+/// quote, a backslash or a control character), or `b.len()`. Eight bytes at a time for
+/// short runs (keys and most values); a run past 64 bytes (prompts, answers) is skipped
+/// with `memchr` and checked for control characters in one pass the compiler
+/// vectorizes.
+#[inline(always)]
+fn skip_plain(b: &[u8], mut i: usize) -> usize {
+    let start = i;
+    while let Some(w) = b.get(i..i + 8).and_then(|s| <[u8; 8]>::try_from(s).ok()) {
+        let stops = stop_bits(u64::from_le_bytes(w));
+        if stops != 0 {
+            return i + (stops.trailing_zeros() / 8) as usize;
+        }
+        i += 8;
+        if i - start >= 64 {
+            let run = &b[i..];
+            let run = &run[..memchr::memchr2(b'"', b'\\', run).unwrap_or(run.len())];
+            if run.iter().any(|c| *c < 0x20) {
+                return i + run.iter().position(|c| *c < 0x20).unwrap_or(0);
+            }
+            return i + run.len();
+        }
+    }
+    while i < b.len() && !STRING_STOP[b[i] as usize] {
+        i += 1;
+    }
+    i
+}
+
 struct Scanner<'a> {
     b: &'a [u8],
     i: usize,
@@ -126,21 +175,7 @@ impl Scanner<'_> {
         let mut i = self.i;
         let mut escaped = false;
         loop {
-            // Byte by byte for the first few bytes (most strings are keys and short
-            // values); a run longer than that (prompts, answers) is skipped with memchr
-            // and then checked for control characters in one pass the compiler
-            // vectorizes.
-            let short_end = (i + 24).min(b.len());
-            while i < short_end && !STRING_STOP[b[i] as usize] {
-                i += 1;
-            }
-            if i == short_end && i < b.len() {
-                let run = memchr::memchr2(b'"', b'\\', &b[i..]).unwrap_or(b.len() - i);
-                if b[i..i + run].iter().any(|c| *c < 0x20) {
-                    return Err(ScanError::Invalid);
-                }
-                i += run;
-            }
+            i = skip_plain(b, i);
             match b.get(i) {
                 Some(b'"') => {
                     self.i = i + 1;
@@ -362,6 +397,55 @@ mod tests {
         for n in [MAX_DEPTH - 3, MAX_DEPTH - 2, MAX_DEPTH - 1, MAX_DEPTH] {
             let t = deep(n);
             assert_eq!(valid(t.as_bytes()), serde_ok(t.as_bytes()), "depth {n}");
+        }
+    }
+
+    /// Strings of every length up to past the word-at-a-time window, starting at every
+    /// offset in a word, with a quote, a backslash escape, a control character or a
+    /// multi-byte character at every position: the scanner ends each string where
+    /// serde_json does and rejects what it rejects.
+    #[test]
+    fn strings_agree_with_serde_json_at_every_length_and_alignment() {
+        let fill = |n: usize| -> Vec<u8> { (0..n).map(|k| b'a' + (k % 26) as u8).collect() };
+        for pad in 0..8 {
+            for len in 0..100 {
+                for at in 0..=len {
+                    for ins in [
+                        &b"\\\""[..],
+                        b"\\n",
+                        b"\\u00e9",
+                        b"\x01",
+                        b"\x1f",
+                        b"\t",
+                        b"\xc3\xa9",
+                        b" ",
+                        b"\x7f",
+                        b"\"",
+                        b"\\",
+                    ] {
+                        let mut v = fill(len);
+                        v.splice(at..at, ins.iter().copied());
+                        let mut t = b"{".to_vec();
+                        t.extend(std::iter::repeat_n(b' ', pad));
+                        t.extend_from_slice(b"\"k\":\"");
+                        t.extend_from_slice(&v);
+                        t.extend_from_slice(b"\",\"a\":1}");
+                        let ours = top_level(&t, ["a", "k"]);
+                        let theirs = serde_json::from_slice::<serde_json::Value>(&t);
+                        assert_eq!(
+                            ours.is_ok(),
+                            theirs.is_ok(),
+                            "{}",
+                            String::from_utf8_lossy(&t)
+                        );
+                        if let (Ok([a, k]), Ok(v)) = (ours, theirs) {
+                            assert_eq!(&t[a.unwrap()], b"1");
+                            let k: String = serde_json::from_slice(&t[k.unwrap()]).unwrap();
+                            assert_eq!(serde_json::Value::String(k), v["k"]);
+                        }
+                    }
+                }
+            }
         }
     }
 
