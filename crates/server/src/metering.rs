@@ -514,7 +514,7 @@ impl Ticket {
         currencies: &[(String, Currency)],
         now: DateTime<Utc>,
     ) -> Result<Vec<(String, i128, Currency)>, GatewayError> {
-        let model_id = format!("{}/{}", r.provider.cfg.id, r.model);
+        let model_id = || format!("{}/{}", r.provider.cfg.id, r.model);
         self.row.provider = r.provider.cfg.id.clone();
         self.row.model = r.model.clone();
         self.entry = r.entry.clone();
@@ -528,7 +528,7 @@ impl Ticket {
             }
             return Err(GatewayError::new(
                 ErrorKind::InsufficientQuota,
-                format!("The model '{model_id}' has no price in the catalog, so budgets cannot be enforced for it"),
+                format!("The model '{}' has no price in the catalog, so budgets cannot be enforced for it", model_id()),
             )
             .with_code("insufficient_quota"));
         };
@@ -539,7 +539,7 @@ impl Ticket {
             .unwrap_or(4_096);
         let reserve = |prompt: u64| -> Result<(Money, Reservations), GatewayError> {
             let max = estimate_max_cost(&e, prompt, max_out, now).map_err(|err| {
-                tracing::error!(error = %err, model = %model_id, "cannot estimate cost");
+                tracing::error!(error = %err, model = %model_id(), "cannot estimate cost");
                 GatewayError::internal()
             })?;
             let mut items = Vec::new();
