@@ -25,12 +25,39 @@ struct Series {
     estimated: u64,
 }
 
+/// Three string keys, nested so a lookup borrows them (a tuple key would be three owned
+/// `String`s made on every request); iterated in the order a tuple key would give.
+type By3<V> = BTreeMap<String, BTreeMap<String, BTreeMap<String, V>>>;
+
+/// `map[key]`, created on first use; an existing key costs no allocation.
+fn slot<'a, V: Default>(map: &'a mut BTreeMap<String, V>, key: &str) -> &'a mut V {
+    if !map.contains_key(key) {
+        map.insert(key.to_owned(), V::default());
+    }
+    map.get_mut(key)
+        .unwrap_or_else(|| unreachable!("inserted above"))
+}
+
+fn slot3<'a, V: Default>(map: &'a mut By3<V>, a: &str, b: &str, c: &str) -> &'a mut V {
+    slot(slot(slot(map, a), b), c)
+}
+
+/// Every `(a, b, c, value)` of `map`, in key order.
+fn entries3<V>(map: &By3<V>) -> impl Iterator<Item = (&str, &str, &str, &V)> {
+    map.iter().flat_map(|(a, m)| {
+        m.iter().flat_map(move |(b, m)| {
+            m.iter()
+                .map(move |(c, v)| (a.as_str(), b.as_str(), c.as_str(), v))
+        })
+    })
+}
+
 #[derive(Debug, Default)]
 struct Inner {
     /// (provider, model, status)
-    series: BTreeMap<(String, String, String), Series>,
+    series: By3<Series>,
     /// (provider, model, currency) → nanos
-    cost: BTreeMap<(String, String, String), i128>,
+    cost: By3<i128>,
     /// provider → bucket counts (+Inf last), sum, count
     durations: BTreeMap<String, ([u64; BUCKETS_MS.len() + 1], i64, u64)>,
 }
@@ -49,8 +76,7 @@ impl Metrics {
     /// Counts one settled request.
     pub fn record(&self, row: &LedgerRow) {
         let Ok(mut m) = self.inner.lock() else { return };
-        let key = (row.provider.clone(), row.model.clone(), row.status.clone());
-        let s = m.series.entry(key).or_default();
+        let s = slot3(&mut m.series, &row.provider, &row.model, &row.status);
         s.requests += 1;
         s.prompt_tokens += row.prompt_tokens.max(0) as u64;
         s.completion_tokens += row.completion_tokens.max(0) as u64;
@@ -59,15 +85,10 @@ impl Metrics {
             s.estimated += 1;
         }
         if row.cost_nanos > 0 {
-            *m.cost
-                .entry((
-                    row.provider.clone(),
-                    row.model.clone(),
-                    row.cost_currency.clone(),
-                ))
-                .or_default() += i128::from(row.cost_nanos);
+            *slot3(&mut m.cost, &row.provider, &row.model, &row.cost_currency) +=
+                i128::from(row.cost_nanos);
         }
-        let d = m.durations.entry(row.provider.clone()).or_default();
+        let d = slot(&mut m.durations, &row.provider);
         let i = BUCKETS_MS
             .iter()
             .position(|b| row.latency_ms <= *b)
@@ -91,7 +112,7 @@ impl Metrics {
             "counter",
             &mut out,
         );
-        for ((p, md, st), s) in &m.series {
+        for (p, md, st, s) in entries3(&m.series) {
             let _ = writeln!(
                 out,
                 "tollgate_requests_total{{provider=\"{}\",model=\"{}\",status=\"{}\"}} {}",
@@ -107,18 +128,27 @@ impl Metrics {
             "counter",
             &mut out,
         );
-        for ((p, md, _), s) in &m.series {
-            for (kind, n) in [
-                ("prompt", s.prompt_tokens),
-                ("completion", s.completion_tokens),
-                ("cached", s.cached_tokens),
-            ] {
-                let _ = writeln!(
-                    out,
-                    "tollgate_tokens_total{{provider=\"{}\",model=\"{}\",kind=\"{kind}\"}} {n}",
-                    esc(p),
-                    esc(md)
-                );
+        // Summed over statuses: one series per provider, model and kind.
+        for (p, models) in &m.series {
+            for (md, statuses) in models {
+                let (mut prompt, mut completion, mut cached) = (0, 0, 0);
+                for s in statuses.values() {
+                    prompt += s.prompt_tokens;
+                    completion += s.completion_tokens;
+                    cached += s.cached_tokens;
+                }
+                for (kind, n) in [
+                    ("prompt", prompt),
+                    ("completion", completion),
+                    ("cached", cached),
+                ] {
+                    let _ = writeln!(
+                        out,
+                        "tollgate_tokens_total{{provider=\"{}\",model=\"{}\",kind=\"{kind}\"}} {n}",
+                        esc(p),
+                        esc(md)
+                    );
+                }
             }
         }
         family(
@@ -127,7 +157,7 @@ impl Metrics {
             "counter",
             &mut out,
         );
-        for ((p, md, st), s) in &m.series {
+        for (p, md, st, s) in entries3(&m.series) {
             let _ = writeln!(
                 out,
                 "tollgate_estimated_usage_total{{provider=\"{}\",model=\"{}\",status=\"{}\"}} {}",
@@ -143,7 +173,7 @@ impl Metrics {
             "counter",
             &mut out,
         );
-        for ((p, md, cur), nanos) in &m.cost {
+        for (p, md, cur, nanos) in entries3(&m.cost) {
             let _ = writeln!(
                 out,
                 "tollgate_cost_total{{provider=\"{}\",model=\"{}\",currency=\"{}\"}} {}",
@@ -266,5 +296,41 @@ mod tests {
         assert!(
             text.contains("tollgate_request_duration_ms_bucket{provider=\"deepseek\",le=\"50\"} 2")
         );
+    }
+
+    /// Rows of one model with different statuses: requests stay apart by status, tokens
+    /// are summed into one series per kind, and no series appears twice.
+    #[test]
+    fn every_series_appears_once() {
+        let m = Metrics::new();
+        let row = |status: &str, prompt: i64| LedgerRow {
+            provider: "openai".into(),
+            model: "gpt-4o-mini".into(),
+            status: status.into(),
+            prompt_tokens: prompt,
+            completion_tokens: 1,
+            latency_ms: 3,
+            ..Default::default()
+        };
+        m.record(&row("ok", 10));
+        m.record(&row("upstream_error", 7));
+        m.record(&row("ok", 10));
+        let text = m.render(&Snapshot {
+            models: vec![],
+            free_tiers: vec![],
+        });
+        assert!(text.contains(
+            "tollgate_requests_total{provider=\"openai\",model=\"gpt-4o-mini\",status=\"ok\"} 2"
+        ));
+        assert!(text.contains("tollgate_requests_total{provider=\"openai\",model=\"gpt-4o-mini\",status=\"upstream_error\"} 1"));
+        assert!(text.contains(
+            "tollgate_tokens_total{provider=\"openai\",model=\"gpt-4o-mini\",kind=\"prompt\"} 27"
+        ));
+        assert!(text.contains("tollgate_tokens_total{provider=\"openai\",model=\"gpt-4o-mini\",kind=\"completion\"} 3"));
+        let mut seen = std::collections::HashSet::new();
+        for line in text.lines().filter(|l| !l.starts_with('#')) {
+            let series = line.rsplit_once(' ').map(|(s, _)| s).unwrap_or(line);
+            assert!(seen.insert(series.to_owned()), "twice: {series}");
+        }
     }
 }
