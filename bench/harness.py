@@ -287,8 +287,7 @@ class Target:
 
 def start_emulator(tollgate, tmp):
     # The emulator sends with TCP_NODELAY, as vendors' front ends do (emulators::serve).
-    env = dict(os.environ)
-    p = Proc("emulator", [tollgate, "emulate", "openai", "--port", "0"], env=env,
+    p = Proc("emulator", [tollgate, "emulate", "openai", "--port", "0"],
              log_path=os.path.join(tmp, "emulator.log"),
              ready=r"listening on http://127\.0\.0\.1:(\d+)")
     port = int(p.first_line.group(1))

@@ -747,6 +747,7 @@ impl<'de> Deserialize<'de> for Usage {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::json;
 
     /// `cargo test --release -p tollgate-core decode_speed -- --ignored --nocapture`
     #[test]
@@ -777,8 +778,6 @@ mod tests {
             );
         }
     }
-
-    use serde_json::json;
 
     #[test]
     fn unknown_fields_are_kept_and_nulls_read_as_absent() {
