@@ -135,7 +135,7 @@ async fn explain(args: &RouteArgs, cfg: tollgate_server::Config) -> anyhow::Resu
                     }
                 )
             })?;
-            let vm = VirtualModel::single(r.name());
+            let vm = VirtualModel::single(r.name().to_owned());
             let plan = tollgate_server::route::plan_for_tokens(
                 &state,
                 &vm,

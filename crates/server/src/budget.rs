@@ -10,7 +10,7 @@
 //! State lives in memory (one node); each budget's spend in its current window is read
 //! from the ledger the first time it is used, so a restart loses nothing.
 
-use std::collections::HashMap;
+use crate::FastMap;
 use std::sync::Mutex;
 
 use chrono::{DateTime, Datelike, Duration, NaiveDate, TimeZone, Utc};
@@ -152,7 +152,7 @@ pub struct Standing {
 /// Every budget's state.
 #[derive(Default)]
 pub struct Budgets {
-    states: Mutex<HashMap<String, State>>,
+    states: Mutex<FastMap<String, State>>,
     /// Held while a budget's spend is read from the ledger, so a burst of first
     /// requests reads it once rather than once each.
     pub loading: tokio::sync::Mutex<()>,

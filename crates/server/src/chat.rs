@@ -493,7 +493,7 @@ pub async fn complete_routed(
                 continue;
             }
         }
-        let permit = match state.health.acquire(&name) {
+        let permit = match state.health.acquire(name) {
             Ok(p) => p,
             Err(why) => {
                 let e = GatewayError::new(
@@ -507,8 +507,8 @@ pub async fn complete_routed(
             }
         };
         tried += 1;
-        if crate::route::has_free_tier(state, r.entry.as_deref(), || name.clone()) {
-            state.health.free_request(&name, chrono::Utc::now());
+        if crate::route::has_free_tier(state, r.entry.as_deref(), || name.to_owned()) {
+            state.health.free_request(name, chrono::Utc::now());
         }
         let now = chrono::Utc::now();
         let dctx = DecodeCtx {
@@ -522,7 +522,7 @@ pub async fn complete_routed(
         // layer that boxes it. See bench/README.md, session 3.
         match Box::pin(call(state, req, r, &dctx, raw)).await {
             Ok((answer, ttft)) => {
-                state.health.success(&name, Some(ttft));
+                state.health.success(name, Some(ttft));
                 let header = route.header(*verdict, tried);
                 return finish(state, rid, r, ticket, answer, header, wire);
             }
@@ -539,9 +539,9 @@ pub async fn complete_routed(
                         )
                 };
                 match f.upstream {
-                    Some(k) if unusable(k) => state.health.failure(&name, &f.error.message),
-                    Some(_) => state.health.success(&name, None),
-                    None => state.health.release(&name, permit),
+                    Some(k) if unusable(k) => state.health.failure(name, &f.error.message),
+                    Some(_) => state.health.success(name, None),
+                    None => state.health.release(name, permit),
                 }
                 if f.upstream == Some(tollgate_core::UpstreamErrorKind::RateLimited) {
                     let secs = f.error.retry_after_secs.unwrap_or(60).clamp(1, 86_400);
@@ -552,7 +552,7 @@ pub async fn complete_routed(
                     if is_free {
                         state
                             .health
-                            .free_throttled(&name, now + chrono::Duration::seconds(secs as i64));
+                            .free_throttled(name, now + chrono::Duration::seconds(secs as i64));
                     }
                 }
                 let more = f.may_fall_back() && i + 1 < route.tries.len() && tried < max;

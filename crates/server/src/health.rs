@@ -19,7 +19,9 @@
 //! (the vendors' own 429s, which mark a free model exhausted until their retry-after,
 //! still keep tollgate honest after a restart).
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, VecDeque};
+
+use crate::FastMap;
 use std::sync::Mutex;
 use std::time::Duration;
 
@@ -179,8 +181,8 @@ pub struct Permit {
 #[derive(Debug)]
 pub struct Health {
     cfg: BreakerConfig,
-    models: Mutex<HashMap<String, Entry>>,
-    free: Mutex<HashMap<String, FreeUsage>>,
+    models: Mutex<FastMap<String, Entry>>,
+    free: Mutex<FastMap<String, FreeUsage>>,
 }
 
 /// One row of `GET /admin/health`.
@@ -226,8 +228,8 @@ impl Health {
     pub fn new(cfg: BreakerConfig) -> Self {
         Health {
             cfg,
-            models: Mutex::new(HashMap::new()),
-            free: Mutex::new(HashMap::new()),
+            models: Mutex::new(FastMap::default()),
+            free: Mutex::new(FastMap::default()),
         }
     }
 

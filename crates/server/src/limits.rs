@@ -10,7 +10,9 @@
 //! (prompt + max output) is reserved at admission and corrected to the vendor's usage
 //! at settlement. Checks across scopes (key, model) are all-or-none.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
+
+use crate::FastMap;
 use std::sync::Mutex;
 
 use crate::window::Minute;
@@ -67,7 +69,7 @@ pub struct Refusal {
 /// Every scope's window.
 #[derive(Default)]
 pub struct Limits {
-    windows: Mutex<HashMap<String, Window>>,
+    windows: Mutex<FastMap<String, Window>>,
 }
 
 impl Limits {
@@ -77,9 +79,9 @@ impl Limits {
 
     /// Admits a request needing `tokens` in every scope, or refuses it. Returns what the
     /// first scope has left (the key's, for headers).
-    pub fn admit(
+    pub fn admit<S: AsRef<str>>(
         &self,
-        scopes: &[(String, Spec)],
+        scopes: &[(S, Spec)],
         tokens: u64,
         now_ms: i64,
     ) -> Result<Option<Remaining>, Refusal> {
@@ -88,6 +90,7 @@ impl Limits {
             Err(_) => return Ok(None),
         };
         for (id, spec) in scopes {
+            let id = id.as_ref();
             let w = crate::slot(&mut m, id, Window::default);
             w.prune(now_ms);
             if let Some(rpm) = spec.rpm {
@@ -136,7 +139,7 @@ impl Limits {
         }
         let mut first = None;
         for (i, (id, spec)) in scopes.iter().enumerate() {
-            let Some(w) = m.get_mut(id) else {
+            let Some(w) = m.get_mut(id.as_ref()) else {
                 continue;
             };
             if spec.rpm.is_some() {
@@ -153,13 +156,19 @@ impl Limits {
     }
 
     /// Corrects a token reservation made at `at_ms` to the actual count.
-    pub fn settle_tokens(&self, scopes: &[(String, Spec)], reserved: u64, actual: u64, at_ms: i64) {
+    pub fn settle_tokens<S: AsRef<str>>(
+        &self,
+        scopes: &[(S, Spec)],
+        reserved: u64,
+        actual: u64,
+        at_ms: i64,
+    ) {
         if let Ok(mut m) = self.windows.lock() {
             for (id, spec) in scopes {
                 if spec.tpm.is_none() {
                     continue;
                 }
-                if let Some(w) = m.get_mut(id) {
+                if let Some(w) = m.get_mut(id.as_ref()) {
                     add_tokens(w, at_ms.div_euclid(1000), actual as i64 - reserved as i64);
                 }
             }

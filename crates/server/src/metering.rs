@@ -21,7 +21,7 @@ use tollgate_store::{KeyRecord, LedgerRow};
 
 use crate::budget::{Budget, Period};
 use crate::limits::{self, Spec};
-use crate::state::{AppState, Resolved};
+use crate::state::{AppState, KeyMeta, Resolved};
 use crate::tokens;
 use crate::RequestId;
 
@@ -80,7 +80,7 @@ pub struct Ticket {
     entry: Option<Arc<ModelEntry>>,
     prompt_estimate: u64,
     budgets: Vec<(String, i128, Currency)>,
-    scopes: Vec<(String, Spec)>,
+    scopes: Vec<(Arc<str>, Spec)>,
     tpm_reserved: u64,
     admitted_ms: i64,
     started: Instant,
@@ -114,33 +114,42 @@ fn amount_in(
         })
 }
 
-/// The budgets that apply to a key: its own and its group's. Parsed once per key and
-/// kept while the key's budget spec and group stay the same.
-pub fn budgets_for(state: &AppState, key: &KeyRecord) -> Result<Arc<Vec<Budget>>, GatewayError> {
+/// The budgets that apply to a key (its own and its group's) and its rate-limit scope.
+/// Made once per key and kept while the key's budget spec, group and name stay the same.
+pub fn key_meta(state: &AppState, key: &KeyRecord) -> Result<Arc<KeyMeta>, GatewayError> {
     if let Ok(m) = state.key_budgets.read() {
-        if let Some((spec, group, b)) = m.get(&key.id) {
-            if *spec == key.budget && *group == key.group {
+        if let Some((spec, group, name, b)) = m.get(&key.id) {
+            if *spec == key.budget && *group == key.group && *name == key.name {
                 return Ok(b.clone());
             }
         }
     }
-    let b = Arc::new(budgets_for_config(&state.config, key).map_err(|e| {
+    let budgets = budgets_for_config(&state.config, key).map_err(|e| {
         tracing::error!(key = %key.id, "{e}");
         GatewayError::internal()
-    })?);
+    })?;
+    let b = Arc::new(KeyMeta {
+        budgets,
+        rate_scope: Arc::from(format!("key '{}'", key.name)),
+    });
     if let Ok(mut m) = state.key_budgets.write() {
         if m.len() > 100_000 {
             m.clear();
         }
         m.insert(
             key.id.clone(),
-            (key.budget.clone(), key.group.clone(), b.clone()),
+            (
+                key.budget.clone(),
+                key.group.clone(),
+                key.name.clone(),
+                b.clone(),
+            ),
         );
     }
     Ok(b)
 }
 
-/// [`budgets_for`] from a config alone (for the CLI).
+/// The budgets of [`key_meta`], from a config alone (for the CLI).
 pub fn budgets_for_config(config: &crate::Config, key: &KeyRecord) -> Result<Vec<Budget>, String> {
     let mut out = Vec::new();
     let bad = |e: GatewayError| e.message;
@@ -301,19 +310,20 @@ pub async fn admit(
         .or(entry.as_ref().map(|e| e.max_output).filter(|m| *m > 0))
         .unwrap_or(4_096);
 
-    let mut scopes = Vec::new();
+    let meta = key_meta(state, key)?;
+    let mut scopes: Vec<(Arc<str>, Spec)> = Vec::new();
     if key.rpm.is_some() || key.tpm.is_some() {
         scopes.push((
-            format!("key '{}'", key.name),
+            meta.rate_scope.clone(),
             Spec {
                 rpm: key.rpm,
                 tpm: key.tpm,
             },
         ));
     }
-    let model_id = format!("{}/{}", r.provider.cfg.id, r.model);
-    if let Some(spec) = state.config.model_limits.get(&model_id) {
-        scopes.push((format!("model {model_id}"), *spec));
+    let model_id = r.name();
+    if let Some(limit) = r.provider.limit_of(&r.model) {
+        scopes.push(limit.clone());
     }
     let mut rate_headers = Vec::new();
     if !scopes.is_empty() {
@@ -344,13 +354,7 @@ pub async fn admit(
     // Reserve before the ticket exists: a refused request leaves no ledger row.
     let mut max_cost = None;
     let mut reserved = Vec::new();
-    let budgets = match budgets_for(state, key) {
-        Ok(b) => b,
-        Err(e) => {
-            release_tokens(prompt_reserve + max_out);
-            return Err(e);
-        }
-    };
+    let budgets = &meta.budgets;
     if let Some(e) = &entry {
         for b in budgets.iter() {
             if let Err(err) = ensure_loaded(state, b, key, now).await {

@@ -73,7 +73,7 @@ pub fn expand(state: &AppState, vm: &VirtualModel) -> Result<VirtualRoute, Strin
         ));
     }
     for w in vm.weights.keys() {
-        if !candidates.iter().any(|c| &c.name() == w) {
+        if !candidates.iter().any(|c| c.name() == w) {
             return Err(format!(
                 "{path}.weights: '{w}' is not one of its candidates"
             ));
@@ -169,7 +169,7 @@ pub fn has_free_tier(
 }
 
 pub fn free_limits(state: &AppState, r: &Resolved) -> Option<FreeLimits> {
-    if let Some(l) = state.config.routing.free_tiers.get(&r.name()) {
+    if let Some(l) = state.config.routing.free_tiers.get(r.name()) {
         return Some(*l);
     }
     r.entry
@@ -354,22 +354,22 @@ pub fn plan_for_tokens(
         .map(|r| {
             let name = r.name();
             let free_exhausted = free_limits(state, r)
-                .and_then(|l| state.health.free_exhausted(&name, &l, now))
+                .and_then(|l| state.health.free_exhausted(name, &l, now))
                 .or_else(|| {
                     // No published limits: only the vendor's 429 marks it used up.
                     state
                         .health
-                        .free_exhausted(&name, &FreeLimits::default(), now)
+                        .free_exhausted(name, &FreeLimits::default(), now)
                 });
             Candidate {
-                weight: vm.weights.get(&name).copied().unwrap_or(1),
+                weight: vm.weights.get(name).copied().unwrap_or(1),
                 entry: r.entry.as_deref(),
                 signals: Signals {
-                    circuit_open: state.health.open_reason(&name),
-                    ttft_ewma_ms: state.health.ttft_ms(&name),
+                    circuit_open: state.health.open_reason(name),
+                    ttft_ewma_ms: state.health.ttft_ms(name),
                     free_exhausted,
                 },
-                name,
+                name: name.to_owned(),
             }
         })
         .collect();
@@ -396,7 +396,7 @@ pub fn check_direct_cost(
         return Ok(());
     };
     let now = controls.now.unwrap_or_else(Utc::now);
-    let vm = VirtualModel::single(r.name());
+    let vm = VirtualModel::single(r.name().to_owned());
     let plan = plan_with(state, &vm, &[r], req, None, Some(max), now);
     match plan.verdicts.first() {
         Some(v) if v.kept || !v.reason.contains("x-tollgate-max-cost") => Ok(()),

@@ -2,6 +2,8 @@
 //! that resolves what a client names, the key cache, the store and the upstream client.
 
 use std::collections::{BTreeMap, HashMap};
+
+use crate::FastMap;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
@@ -26,7 +28,13 @@ pub struct Provider {
     /// Models served, as clients name them (after `provider/`).
     pub models: Vec<String>,
     /// Catalog entries of served models and of their aliases, by name.
-    pub entries: HashMap<String, Arc<ModelEntry>>,
+    pub entries: FastMap<String, Arc<ModelEntry>>,
+    /// `provider/model` of every model named in the config or the catalog, made once
+    /// rather than formatted for each request.
+    names: FastMap<String, Arc<str>>,
+    /// The config's per-model rate limits (`[limits."provider/model"]`) of this provider,
+    /// by model, with the scope name the limiter knows them by.
+    limits: FastMap<String, (Arc<str>, crate::limits::Spec)>,
 }
 
 impl Provider {
@@ -37,6 +45,19 @@ impl Provider {
             .get(model)
             .cloned()
             .unwrap_or_else(|| model.to_owned())
+    }
+
+    /// `provider/model` for a model of this provider.
+    fn name_of(&self, model: &str) -> Arc<str> {
+        match self.names.get(model) {
+            Some(n) => n.clone(),
+            None => Arc::from(format!("{}/{}", self.cfg.id, model)),
+        }
+    }
+
+    /// The config's rate limit on `model` across all keys: its scope name and spec.
+    pub fn limit_of(&self, model: &str) -> Option<&(Arc<str>, crate::limits::Spec)> {
+        self.limits.get(model)
     }
 
     fn serves(&self, model: &str) -> bool {
@@ -55,20 +76,31 @@ pub struct Resolved {
     pub upstream_model: String,
     /// The model's catalog entry (prices, limits), if it has one.
     pub entry: Option<Arc<ModelEntry>>,
+    name: Arc<str>,
 }
 
 impl Resolved {
     /// `provider/model`, the name health and routing know it by.
-    pub fn name(&self) -> String {
-        format!("{}/{}", self.provider.cfg.id, self.model)
+    pub fn name(&self) -> &str {
+        &self.name
     }
 }
 
-/// A key's budgets as parsed from its spec and group (both kept to notice a change).
+/// What admission derives from a key record, once per key: its budgets (its own and its
+/// group's) and the name of its rate-limit scope.
+pub struct KeyMeta {
+    pub budgets: Vec<crate::budget::Budget>,
+    /// `key 'NAME'`: the limiter's scope for the key's RPM/TPM, and how refusals name it.
+    pub rate_scope: Arc<str>,
+}
+
+/// A key's [`KeyMeta`], with the budget spec, group and name it was made from (kept to
+/// notice a change).
 pub type KeyBudgets = (
     Option<tollgate_store::BudgetSpec>,
     Option<String>,
-    Arc<Vec<crate::budget::Budget>>,
+    String,
+    Arc<KeyMeta>,
 );
 
 /// The stores the gateway writes to.
@@ -105,10 +137,10 @@ pub struct AppState {
     pub config: Config,
     pub providers: BTreeMap<String, Arc<Provider>>,
     /// Bare model id → providers serving it.
-    by_model: HashMap<String, Vec<Arc<Provider>>>,
+    by_model: FastMap<String, Vec<Arc<Provider>>>,
     pub keys: KeyCache,
     /// Parsed budgets per key id, with the spec and group they were parsed from.
-    pub key_budgets: RwLock<HashMap<String, KeyBudgets>>,
+    pub key_budgets: RwLock<FastMap<String, KeyBudgets>>,
     pub store: Arc<dyn KeyStore>,
     pub ledger_store: Arc<dyn LedgerStore>,
     pub ledger: LedgerWriter,
@@ -144,7 +176,7 @@ impl AppState {
         let upstream = Upstream::new(config.timeouts, config.threads)?;
         let catalog = Arc::new(load_catalog(&config)?);
         let mut providers = BTreeMap::new();
-        let mut by_model: HashMap<String, Vec<Arc<Provider>>> = HashMap::new();
+        let mut by_model: FastMap<String, Vec<Arc<Provider>>> = FastMap::default();
         for p in &config.providers {
             let codec = tollgate_providers::codec_for(p.kind, p.mode);
             let vendor: Vec<&ModelEntry> = if p.kind == ProviderKind::OpenAiCompatible {
@@ -165,7 +197,7 @@ impl AppState {
                     models.push(m.clone());
                 }
             }
-            let mut entries = HashMap::new();
+            let mut entries = FastMap::default();
             for m in &models {
                 match catalog.find(p.kind.as_str(), m) {
                     Some(e) => {
@@ -184,11 +216,30 @@ impl AppState {
                     ),
                 }
             }
+            let names = models
+                .iter()
+                .chain(entries.keys())
+                .map(|m| (m.clone(), Arc::from(format!("{}/{m}", p.id))))
+                .collect();
+            let prefix = format!("{}/", p.id);
+            let limits = config
+                .model_limits
+                .iter()
+                .filter_map(|(name, spec)| {
+                    let model = name.strip_prefix(&prefix)?;
+                    Some((
+                        model.to_owned(),
+                        (Arc::from(format!("model {name}")), *spec),
+                    ))
+                })
+                .collect();
             let prov = Arc::new(Provider {
                 cfg: p.clone(),
                 codec,
                 models: models.clone(),
                 entries,
+                names,
+                limits,
             });
             let mut names: Vec<String> = models;
             names.extend(
@@ -210,7 +261,7 @@ impl AppState {
             providers,
             by_model,
             keys: KeyCache::new(Duration::from_millis(500)),
-            key_budgets: RwLock::new(HashMap::new()),
+            key_budgets: RwLock::new(FastMap::default()),
             store: stores.keys,
             ledger_store: stores.ledger,
             ledger,
@@ -255,6 +306,7 @@ impl AppState {
                     upstream_model: provider.upstream_model(r.model),
                     model: r.model.to_owned(),
                     entry: provider.entries.get(r.model).cloned(),
+                    name: provider.name_of(r.model),
                     provider: provider.clone(),
                 })
             }
@@ -265,6 +317,7 @@ impl AppState {
                         upstream_model: one.upstream_model(r.model),
                         model: r.model.to_owned(),
                         entry: one.entries.get(r.model).cloned(),
+                        name: one.name_of(r.model),
                         provider: one.clone(),
                     }),
                     [] => Err(not_found()),
