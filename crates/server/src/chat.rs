@@ -711,7 +711,9 @@ fn full_headers(
     if let Some(v) = route_header {
         insert(&mut h, hdr::ROUTE, v);
     }
-    insert(&mut h, hdr::COST, &priced.header());
+    if let Some(v) = crate::state::shared_header(priced.header()) {
+        h.insert(hdr::COST, v);
+    }
     if let Some(c) = priced.converted_header() {
         insert(&mut h, hdr::COST_CONVERTED, &c);
     }
@@ -784,8 +786,13 @@ fn completion_tokens_of(out: &tollgate_core::ChatResponse) -> u64 {
 }
 
 fn add_route_headers(h: &mut HeaderMap, r: &Resolved) {
-    insert(h, hdr::PROVIDER, &r.provider.cfg.id);
-    insert(h, hdr::MODEL, &r.model);
+    // Made once per provider and model (`state::Provider`): a clone shares the bytes.
+    if let Some(v) = &r.provider.id_header {
+        h.insert(hdr::PROVIDER, v.clone());
+    }
+    if let Some(v) = &r.model_header {
+        h.insert(hdr::MODEL, v.clone());
+    }
 }
 
 /// Relays one upstream stream to one client, and settles its ticket at the end. It is

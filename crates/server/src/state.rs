@@ -3,6 +3,8 @@
 
 use std::collections::{BTreeMap, HashMap};
 
+use axum::http::HeaderValue;
+
 use crate::FastMap;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
@@ -29,9 +31,11 @@ pub struct Provider {
     pub models: Vec<String>,
     /// Catalog entries of served models and of their aliases, by name.
     pub entries: FastMap<String, Arc<ModelEntry>>,
-    /// `provider/model` of every model named in the config or the catalog, made once
-    /// rather than formatted for each request.
-    names: FastMap<String, Arc<str>>,
+    /// `provider/model` of every model named in the config or the catalog, and its
+    /// `x-tollgate-model` header value, made once rather than for each request.
+    names: FastMap<String, (Arc<str>, Option<HeaderValue>)>,
+    /// The `x-tollgate-provider` header value (`None`: the id is not a valid one).
+    pub id_header: Option<HeaderValue>,
     /// The config's per-model rate limits (`[limits."provider/model"]`) of this provider,
     /// by model, with the scope name the limiter knows them by.
     limits: FastMap<String, (Arc<str>, crate::limits::Spec)>,
@@ -47,11 +51,11 @@ impl Provider {
             .unwrap_or_else(|| model.to_owned())
     }
 
-    /// `provider/model` for a model of this provider.
-    fn name_of(&self, model: &str) -> Arc<str> {
+    /// `provider/model` for a model of this provider, and its header value.
+    fn name_of(&self, model: &str) -> (Arc<str>, Option<HeaderValue>) {
         match self.names.get(model) {
             Some(n) => n.clone(),
-            None => Arc::from(format!("{}/{}", self.cfg.id, model)),
+            None => names_for(&self.cfg.id, model),
         }
     }
 
@@ -67,6 +71,19 @@ impl Provider {
     }
 }
 
+/// `provider/model`, and `model` as a header value.
+fn names_for(provider: &str, model: &str) -> (Arc<str>, Option<HeaderValue>) {
+    (
+        Arc::from(format!("{provider}/{model}")),
+        shared_header(model.to_owned()),
+    )
+}
+
+/// A header value over `s`'s own bytes (no copy); clones share them.
+pub fn shared_header(s: String) -> Option<HeaderValue> {
+    HeaderValue::from_maybe_shared(bytes::Bytes::from(s)).ok()
+}
+
 /// What a client's `model` resolved to.
 #[derive(Clone)]
 pub struct Resolved {
@@ -77,6 +94,8 @@ pub struct Resolved {
     /// The model's catalog entry (prices, limits), if it has one.
     pub entry: Option<Arc<ModelEntry>>,
     name: Arc<str>,
+    /// `x-tollgate-model`, when `model` is a valid header value.
+    pub model_header: Option<HeaderValue>,
 }
 
 impl Resolved {
@@ -219,7 +238,7 @@ impl AppState {
             let names = models
                 .iter()
                 .chain(entries.keys())
-                .map(|m| (m.clone(), Arc::from(format!("{}/{m}", p.id))))
+                .map(|m| (m.clone(), names_for(&p.id, m)))
                 .collect();
             let prefix = format!("{}/", p.id);
             let limits = config
@@ -239,6 +258,7 @@ impl AppState {
                 models: models.clone(),
                 entries,
                 names,
+                id_header: shared_header(p.id.clone()),
                 limits,
             });
             let mut names: Vec<String> = models;
@@ -302,24 +322,30 @@ impl AppState {
                 if !provider.serves(r.model) {
                     return Err(not_found());
                 }
+                let (name, model_header) = provider.name_of(r.model);
                 Ok(Resolved {
                     upstream_model: provider.upstream_model(r.model),
                     model: r.model.to_owned(),
                     entry: provider.entries.get(r.model).cloned(),
-                    name: provider.name_of(r.model),
+                    name,
+                    model_header,
                     provider: provider.clone(),
                 })
             }
             None => {
                 let serving = self.by_model.get(r.model).map(Vec::as_slice).unwrap_or(&[]);
                 match serving {
-                    [one] => Ok(Resolved {
-                        upstream_model: one.upstream_model(r.model),
-                        model: r.model.to_owned(),
-                        entry: one.entries.get(r.model).cloned(),
-                        name: one.name_of(r.model),
-                        provider: one.clone(),
-                    }),
+                    [one] => {
+                        let (name, model_header) = one.name_of(r.model);
+                        Ok(Resolved {
+                            upstream_model: one.upstream_model(r.model),
+                            model: r.model.to_owned(),
+                            entry: one.entries.get(r.model).cloned(),
+                            name,
+                            model_header,
+                            provider: one.clone(),
+                        })
+                    }
                     [] => Err(not_found()),
                     many => {
                         let ids: Vec<_> = many
