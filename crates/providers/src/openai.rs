@@ -209,13 +209,16 @@ pub fn verbatim_answer(body: &[u8]) -> Option<Verbatim> {
     usage_at(body, usage?)
 }
 
-/// The usage object at `range` of `json`, if it is one without a `cost`.
+/// The usage object at `range` of `json`, if it is one without a `cost`. `json` must be
+/// checked JSON (accepted by `jscan::top_level`, or a serde `RawValue`): the object is
+/// read without checking its grammar again.
 fn usage_at(json: &[u8], range: std::ops::Range<usize>) -> Option<Verbatim> {
     let raw = &json[range.clone()];
     if raw.first() != Some(&b'{') {
         return None;
     }
-    let found = crate::jscan::top_level(raw, USAGE_KEYS).ok()?;
+    // `raw` is a member of an answer `jscan::top_level` accepted: no second check.
+    let found = crate::jscan::top_level_checked(raw, USAGE_KEYS).ok()?;
     // A `cost` of any type already there (an aggregator's) would be duplicated.
     if found[0].is_some() {
         return None;
@@ -278,7 +281,7 @@ fn usage_fields(
         if v.first() != Some(&b'{') {
             return None;
         }
-        let [inner] = crate::jscan::top_level(v, [key]).ok()?;
+        let [inner] = crate::jscan::top_level_checked(v, [key]).ok()?;
         Some(Some(count(v, &inner)?.unwrap_or(0)))
     }
     Some(tollgate_core::chat::UsageFields {
