@@ -2,13 +2,10 @@
 //! that resolves what a client names, the key cache, the store and the upstream client.
 
 use std::collections::{BTreeMap, HashMap};
-
-use axum::http::HeaderValue;
-
-use crate::FastMap;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
+use axum::http::HeaderValue;
 use tokio::time::Instant;
 use tollgate_core::error::ErrorKind;
 use tollgate_core::{Catalog, GatewayError, ModelEntry, ModelRef, ProviderKind};
@@ -22,6 +19,7 @@ use crate::ledger::LedgerWriter;
 use crate::limits::Limits;
 use crate::route::VirtualRoutes;
 use crate::upstream::{TokenCache, Upstream};
+use crate::FastMap;
 
 /// A configured provider and its codec.
 pub struct Provider {
@@ -158,7 +156,7 @@ pub struct AppState {
     /// Bare model id → providers serving it.
     by_model: FastMap<String, Vec<Arc<Provider>>>,
     pub keys: KeyCache,
-    /// Parsed budgets per key id, with the spec and group they were parsed from.
+    /// [`KeyMeta`] per key id, with the spec, group and name it was made from.
     pub key_budgets: RwLock<FastMap<String, KeyBudgets>>,
     pub store: Arc<dyn KeyStore>,
     pub ledger_store: Arc<dyn LedgerStore>,
