@@ -74,9 +74,9 @@ pub fn top_level<const N: usize>(
 /// [`top_level`] for an object inside a text [`top_level`] has already accepted (a
 /// member's value it returned, or an object nested in one): the same spans and the same
 /// [`ScanError::Ambiguous`] cases, found without checking the grammar again. The usage
-/// object of an answer and its two details objects are read this way (~3x cheaper than
-/// validating each a second time). On a text that is not such an object it returns
-/// wrong spans or an error, but never panics and never loops.
+/// object of an answer and its two details objects are read this way (reading the usage
+/// went from ~5.6k to ~4.7k instructions). On a text that is not such an object it
+/// returns wrong spans or an error, but never panics and never loops.
 pub fn top_level_checked<const N: usize>(
     text: &[u8],
     keys: [&str; N],
