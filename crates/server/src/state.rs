@@ -49,11 +49,20 @@ impl Provider {
             .unwrap_or_else(|| model.to_owned())
     }
 
-    /// `provider/model` for a model of this provider, and its header value.
-    fn name_of(&self, model: &str) -> (Arc<str>, Option<HeaderValue>) {
-        match self.names.get(model) {
+    /// `model` of this provider, resolved: its upstream id, catalog entry, `provider/model`
+    /// name and header value (the last two made once per model, see `names`).
+    fn resolved(this: &Arc<Provider>, model: &str) -> Resolved {
+        let (name, model_header) = match this.names.get(model) {
             Some(n) => n.clone(),
-            None => names_for(&self.cfg.id, model),
+            None => names_for(&this.cfg.id, model),
+        };
+        Resolved {
+            upstream_model: this.upstream_model(model),
+            model: model.to_owned(),
+            entry: this.entries.get(model).cloned(),
+            name,
+            model_header,
+            provider: this.clone(),
         }
     }
 
@@ -320,30 +329,12 @@ impl AppState {
                 if !provider.serves(r.model) {
                     return Err(not_found());
                 }
-                let (name, model_header) = provider.name_of(r.model);
-                Ok(Resolved {
-                    upstream_model: provider.upstream_model(r.model),
-                    model: r.model.to_owned(),
-                    entry: provider.entries.get(r.model).cloned(),
-                    name,
-                    model_header,
-                    provider: provider.clone(),
-                })
+                Ok(Provider::resolved(provider, r.model))
             }
             None => {
                 let serving = self.by_model.get(r.model).map(Vec::as_slice).unwrap_or(&[]);
                 match serving {
-                    [one] => {
-                        let (name, model_header) = one.name_of(r.model);
-                        Ok(Resolved {
-                            upstream_model: one.upstream_model(r.model),
-                            model: r.model.to_owned(),
-                            entry: one.entries.get(r.model).cloned(),
-                            name,
-                            model_header,
-                            provider: one.clone(),
-                        })
-                    }
+                    [one] => Ok(Provider::resolved(one, r.model)),
                     [] => Err(not_found()),
                     many => {
                         let ids: Vec<_> = many
