@@ -46,9 +46,12 @@ pub fn run(args: UsageArgs) -> anyhow::Result<()> {
     let store = SqliteStore::open(&cfg.data_dir)?;
     // Rows a running (or killed) gateway has journaled but not yet imported.
     tollgate_store::journal::import_all(&cfg.data_dir, &store)?;
-    let rows = store.rows(&filter)?;
-    let rep = tollgate_server::reports::usage_report(&catalog, &rows, by, currency)
-        .map_err(anyhow::Error::msg)?;
+    // Row by row: a report over a busy month must not hold the month in memory.
+    let mut report = tollgate_server::reports::UsageBuilder::new(&catalog, by, currency);
+    store.scan(&filter, &mut |r| {
+        report.add(&r).map_err(tollgate_store::StoreError::Invalid)
+    })?;
+    let rep = report.finish();
     if args.json {
         println!("{}", serde_json::to_string_pretty(&rep)?);
     } else if args.csv {

@@ -143,18 +143,21 @@ pub async fn usage(
     };
     let filter = date_range(p.since.as_deref(), p.until.as_deref())?;
     let st = state.clone();
-    let rows = tokio::task::spawn_blocking(move || {
+    let rep = tokio::task::spawn_blocking(move || {
         // Rows still in the journal first, so the report sees every answered request.
         st.ledger.sync()?;
-        st.ledger_store.rows(&filter).map_err(|e| e.to_string())
+        // Row by row: a report over a busy month must not hold the month in memory.
+        let mut report = crate::reports::UsageBuilder::new(&st.catalog, by, currency);
+        st.ledger_store
+            .scan(&filter, &mut |r| {
+                report.add(&r).map_err(tollgate_store::StoreError::Invalid)
+            })
+            .map_err(|e| e.to_string())?;
+        Ok::<_, String>(report.finish())
     })
     .await
     .map_err(|_| GatewayError::internal())?
     .map_err(|e| {
-        tracing::error!(error = %e, "reading the ledger failed");
-        GatewayError::internal()
-    })?;
-    let rep = crate::reports::usage_report(&state.catalog, &rows, by, currency).map_err(|e| {
         tracing::error!(error = %e, "usage report failed");
         GatewayError::internal()
     })?;

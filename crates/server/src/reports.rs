@@ -113,12 +113,43 @@ pub fn usage_report(
     by: GroupBy,
     currency: Currency,
 ) -> Result<UsageReport, String> {
-    let mut lines: Vec<UsageLine> = Vec::new();
-    let mut index = std::collections::HashMap::new();
-    let mut total = empty("TOTAL".into(), currency);
+    let mut b = UsageBuilder::new(catalog, by, currency);
     for r in rows {
-        let nanos = cost_in(catalog, r, currency)?;
-        add(&mut total, r, nanos);
+        b.add(r)?;
+    }
+    Ok(b.finish())
+}
+
+/// A usage report built one row at a time ([`LedgerStore::scan`]), so that a report
+/// over months of traffic holds its lines, not the ledger's rows.
+///
+/// [`LedgerStore::scan`]: tollgate_store::LedgerStore::scan
+pub struct UsageBuilder<'a> {
+    catalog: &'a Catalog,
+    by: GroupBy,
+    currency: Currency,
+    lines: Vec<UsageLine>,
+    index: std::collections::HashMap<String, usize>,
+    total: UsageLine,
+}
+
+impl<'a> UsageBuilder<'a> {
+    pub fn new(catalog: &'a Catalog, by: GroupBy, currency: Currency) -> Self {
+        UsageBuilder {
+            catalog,
+            by,
+            currency,
+            lines: Vec::new(),
+            index: std::collections::HashMap::new(),
+            total: empty("TOTAL".into(), currency),
+        }
+    }
+
+    /// Counts one row in its group and in the total.
+    pub fn add(&mut self, r: &LedgerRow) -> Result<(), String> {
+        let (by, currency) = (self.by, self.currency);
+        let nanos = cost_in(self.catalog, r, currency)?;
+        add(&mut self.total, r, nanos);
         let time = DateTime::<Utc>::from_timestamp_millis(r.ts_ms).unwrap_or_default();
         let group = match by {
             GroupBy::Key => r.key_name.clone(),
@@ -127,7 +158,8 @@ pub fn usage_report(
             GroupBy::Day => time.format("%Y-%m-%d").to_string(),
             GroupBy::Request => r.id.clone(),
         };
-        let i = *index.entry(group.clone()).or_insert_with(|| {
+        let lines = &mut self.lines;
+        let i = *self.index.entry(group.clone()).or_insert_with(|| {
             lines.push(empty(group, currency));
             lines.len() - 1
         });
@@ -148,20 +180,33 @@ pub fn usage_report(
                 price_id: r.price_id.clone(),
             });
         }
+        Ok(())
     }
-    for l in lines.iter_mut().chain(std::iter::once(&mut total)) {
-        l.cost = format_nanos(l.cost_nanos, 6);
+
+    /// The report: costs as decimal text, lines sorted by cost (days and requests stay
+    /// in time order).
+    pub fn finish(self) -> UsageReport {
+        let UsageBuilder {
+            by,
+            currency,
+            mut lines,
+            mut total,
+            ..
+        } = self;
+        for l in lines.iter_mut().chain(std::iter::once(&mut total)) {
+            l.cost = format_nanos(l.cost_nanos, 6);
+        }
+        if by != GroupBy::Request && by != GroupBy::Day {
+            lines.sort_by(|a, b| b.cost_nanos.cmp(&a.cost_nanos).then(a.group.cmp(&b.group)));
+        }
+        let by = format!("{by:?}").to_lowercase();
+        UsageReport {
+            by,
+            currency: currency.to_string(),
+            lines,
+            total,
+        }
     }
-    if by != GroupBy::Request && by != GroupBy::Day {
-        lines.sort_by(|a, b| b.cost_nanos.cmp(&a.cost_nanos).then(a.group.cmp(&b.group)));
-    }
-    let by = format!("{by:?}").to_lowercase();
-    Ok(UsageReport {
-        by,
-        currency: currency.to_string(),
-        lines,
-        total,
-    })
 }
 
 /// An aligned table for people.

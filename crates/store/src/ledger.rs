@@ -97,8 +97,23 @@ pub trait LedgerStore: Send + Sync {
     /// Appends rows in one transaction, skipping rows whose id is already there: how the
     /// [journal](crate::journal) is imported (a line may be imported twice).
     fn replay(&self, rows: &[LedgerRow]) -> Result<(), StoreError>;
-    /// Rows matching the filter, oldest first.
-    fn rows(&self, filter: &LedgerFilter) -> Result<Vec<LedgerRow>, StoreError>;
+    /// Hands each row matching the filter to `visit`, oldest first, one at a time: a
+    /// report over months of traffic holds one row in memory, not all of them. A `visit`
+    /// that returns an error stops the scan with it.
+    fn scan(
+        &self,
+        filter: &LedgerFilter,
+        visit: &mut dyn FnMut(LedgerRow) -> Result<(), StoreError>,
+    ) -> Result<(), StoreError>;
+    /// Rows matching the filter, oldest first, collected.
+    fn rows(&self, filter: &LedgerFilter) -> Result<Vec<LedgerRow>, StoreError> {
+        let mut rows = Vec::new();
+        self.scan(filter, &mut |r| {
+            rows.push(r);
+            Ok(())
+        })?;
+        Ok(rows)
+    }
     /// Spend of a key (or a group) since a time, to rebuild a budget's state:
     /// `(first ts_ms, summed cost_nanos, currency)` per currency and UTC month (the FX
     /// table is monthly, so each sum converts at one rate).
