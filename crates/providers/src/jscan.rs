@@ -426,6 +426,138 @@ impl Scanner<'_> {
     }
 }
 
+/// A validating walk over a JSON text whose shape the caller knows: the caller reads the
+/// members it wants as it meets them (strings, nulls, nested objects and arrays) and lets
+/// the walk check and skip the rest, all in one pass. What it accepts is what
+/// [`top_level`] accepts (the same scanner); it never allocates. Chunks of a stream are
+/// read this way ([`crate::openai::verbatim_chunk`]).
+pub struct Walk<'a> {
+    s: Scanner<'a>,
+}
+
+impl<'a> Walk<'a> {
+    /// A walk over `text`, which must be UTF-8 (a `&str`'s bytes).
+    pub fn new(text: &'a str) -> Self {
+        let mut s = Scanner {
+            b: text.as_bytes(),
+            i: 0,
+        };
+        s.ws();
+        Walk { s }
+    }
+
+    /// An object at nesting `depth` (the top-level object is at 0): `member` is called
+    /// with the walk at each member's value, the span of the key's text (without the
+    /// quotes) and whether the key has escapes, and must read exactly one value (with
+    /// [`Walk::skip`] if nothing else).
+    pub fn object(
+        &mut self,
+        depth: usize,
+        mut member: impl FnMut(&mut Self, Range<usize>, bool) -> Result<(), ScanError>,
+    ) -> Result<(), ScanError> {
+        if depth + 1 >= MAX_DEPTH {
+            return Err(ScanError::Invalid);
+        }
+        self.s.eat(b'{')?;
+        self.s.ws();
+        if self.s.peek() == Some(b'}') {
+            self.s.i += 1;
+            self.s.ws();
+            return Ok(());
+        }
+        loop {
+            let start = self.s.i + 1;
+            let escaped = self.s.string()?;
+            let key = start..self.s.i - 1;
+            self.s.ws();
+            self.s.eat(b':')?;
+            self.s.ws();
+            member(self, key, escaped)?;
+            match self.s.next()? {
+                b',' => self.s.ws(),
+                b'}' => {
+                    self.s.ws();
+                    return Ok(());
+                }
+                _ => return Err(ScanError::Invalid),
+            }
+        }
+    }
+
+    /// An array at nesting `depth`: `element` is called with the walk at each element
+    /// and must read exactly one value.
+    pub fn array(
+        &mut self,
+        depth: usize,
+        mut element: impl FnMut(&mut Self) -> Result<(), ScanError>,
+    ) -> Result<(), ScanError> {
+        if depth + 1 >= MAX_DEPTH {
+            return Err(ScanError::Invalid);
+        }
+        self.s.eat(b'[')?;
+        self.s.ws();
+        if self.s.peek() == Some(b']') {
+            self.s.i += 1;
+            self.s.ws();
+            return Ok(());
+        }
+        loop {
+            element(self)?;
+            match self.s.next()? {
+                b',' => self.s.ws(),
+                b']' => {
+                    self.s.ws();
+                    return Ok(());
+                }
+                _ => return Err(ScanError::Invalid),
+            }
+        }
+    }
+
+    /// Checks and skips any value nested at `depth` (the members of the top-level object
+    /// are at 1); returns its span.
+    #[inline]
+    pub fn skip(&mut self, depth: usize) -> Result<Range<usize>, ScanError> {
+        let start = self.s.i;
+        self.s.value(depth)?;
+        let end = self.s.i;
+        self.s.ws();
+        Ok(start..end)
+    }
+
+    /// A string value: the span of its content (without the quotes) and whether it has
+    /// escapes. Anything else is [`ScanError::Invalid`].
+    #[inline]
+    pub fn string(&mut self) -> Result<(Range<usize>, bool), ScanError> {
+        let start = self.s.i + 1;
+        let escaped = self.s.string()?;
+        let end = self.s.i - 1;
+        self.s.ws();
+        Ok((start..end, escaped))
+    }
+
+    /// Reads a `null` if one is next; `false` (and nothing read) otherwise.
+    #[inline]
+    pub fn null(&mut self) -> Result<bool, ScanError> {
+        if self.s.peek() != Some(b'n') {
+            return Ok(false);
+        }
+        self.s.literal(b"null")?;
+        self.s.ws();
+        Ok(true)
+    }
+
+    /// Succeeds when the whole text has been read.
+    #[inline]
+    pub fn end(&self) -> Result<(), ScanError> {
+        if self.s.i == self.s.b.len() {
+            Ok(())
+        } else {
+            Err(ScanError::Invalid)
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
