@@ -454,21 +454,36 @@ fn read_chunk(json: &str) -> Result<(String, Option<Range<usize>>, usize), ScanE
     }
 }
 
-/// One element of `choices` (nesting 2): an object whose `delta`, when present and not
-/// null, is an object with the text fields.
-fn read_choice<'j>(w: &mut Walk<'j>, json: &'j str, text: &mut String) -> Result<(), ScanError> {
-    let mut delta_seen = false;
-    w.object(2, |w, key, escaped| {
-        if *key_bytes(json, key, escaped)? != *b"delta" {
-            w.skip(3)?;
+/// An object at nesting `depth` of which one member, `name`, is read: by `read`, when it
+/// is there and not null. Other members are checked and skipped; `name` twice is refused,
+/// as serde's derive refuses a repeated field.
+fn member_of<'j>(
+    w: &mut Walk<'j>,
+    depth: usize,
+    json: &'j str,
+    name: &[u8],
+    mut read: impl FnMut(&mut Walk<'j>) -> Result<(), ScanError>,
+) -> Result<(), ScanError> {
+    let mut seen = false;
+    w.object(depth, |w, key, escaped| {
+        if *key_bytes(json, key, escaped)? != *name {
+            w.skip(depth + 1)?;
             return Ok(());
         }
-        if std::mem::replace(&mut delta_seen, true) {
+        if std::mem::replace(&mut seen, true) {
             return Err(ScanError::Ambiguous);
         }
         if w.null()? {
             return Ok(());
         }
+        read(w)
+    })
+}
+
+/// One element of `choices` (nesting 2): its `delta`'s text fields, joined as serde's
+/// reading joins them (content, reasoning, then tool-call arguments).
+fn read_choice<'j>(w: &mut Walk<'j>, json: &'j str, text: &mut String) -> Result<(), ScanError> {
+    member_of(w, 2, json, b"delta", |w| {
         let (mut content, mut reasoning) = (None, None);
         let (mut content_seen, mut reasoning_seen, mut tools_seen) = (false, false, false);
         let mut arguments = String::new();
@@ -481,7 +496,16 @@ fn read_choice<'j>(w: &mut Walk<'j>, json: &'j str, text: &mut String) -> Result
                         return Err(ScanError::Ambiguous);
                     }
                     if !w.null()? {
-                        w.array(4, |w| read_tool_call(w, json, &mut arguments))?;
+                        w.array(4, |w| {
+                            // A tool call (nesting 5): `function.arguments`.
+                            member_of(w, 5, json, b"function", |w| {
+                                member_of(w, 6, json, b"arguments", |w| {
+                                    let (span, escaped) = w.string()?;
+                                    arguments.push_str(&string_text(json, span, escaped)?);
+                                    Ok(())
+                                })
+                            })
+                        })?;
                     }
                 }
                 _ => {
@@ -494,39 +518,6 @@ fn read_choice<'j>(w: &mut Walk<'j>, json: &'j str, text: &mut String) -> Result
         text.push_str(reasoning.as_deref().unwrap_or(""));
         text.push_str(&arguments);
         Ok(())
-    })
-}
-
-/// One element of `tool_calls` (nesting 5): an object whose `function`, when present
-/// and not null, is an object whose `arguments` is a string or null.
-fn read_tool_call<'j>(
-    w: &mut Walk<'j>,
-    json: &'j str,
-    arguments: &mut String,
-) -> Result<(), ScanError> {
-    let mut function_seen = false;
-    w.object(5, |w, key, escaped| {
-        if *key_bytes(json, key, escaped)? != *b"function" {
-            w.skip(6)?;
-            return Ok(());
-        }
-        if std::mem::replace(&mut function_seen, true) {
-            return Err(ScanError::Ambiguous);
-        }
-        if w.null()? {
-            return Ok(());
-        }
-        let mut args_seen = false;
-        w.object(6, |w, key, escaped| {
-            if *key_bytes(json, key, escaped)? == *b"arguments" {
-                if let Some(a) = opt_text(w, json, &mut args_seen)? {
-                    arguments.push_str(&a);
-                }
-            } else {
-                w.skip(7)?;
-            }
-            Ok(())
-        })
     })
 }
 
