@@ -409,7 +409,7 @@ fn read_chunk(json: &str) -> Result<(String, Option<Range<usize>>, usize), ScanE
                 let span = w.skip(1)?;
                 // serde_json reads `-0` as a float (it keeps the sign), which an `i64`
                 // field refuses.
-                let n = &json[span];
+                let n = json.get(span).ok_or(ScanError::Invalid)?;
                 if n == "-0" || n.parse::<i64>().is_err() {
                     return Err(ScanError::Invalid);
                 }
