@@ -455,33 +455,15 @@ impl<'a> Walk<'a> {
         depth: usize,
         mut member: impl FnMut(&mut Self, Range<usize>, bool) -> Result<(), ScanError>,
     ) -> Result<(), ScanError> {
-        if depth + 1 >= MAX_DEPTH {
-            return Err(ScanError::Invalid);
-        }
-        self.s.eat(b'{')?;
-        self.s.ws();
-        if self.s.peek() == Some(b'}') {
-            self.s.i += 1;
-            self.s.ws();
-            return Ok(());
-        }
-        loop {
-            let start = self.s.i + 1;
-            let escaped = self.s.string()?;
-            let key = start..self.s.i - 1;
-            self.s.ws();
-            self.s.eat(b':')?;
-            self.s.ws();
-            member(self, key, escaped)?;
-            match self.s.next()? {
-                b',' => self.s.ws(),
-                b'}' => {
-                    self.s.ws();
-                    return Ok(());
-                }
-                _ => return Err(ScanError::Invalid),
-            }
-        }
+        self.container(depth, b'{', b'}', |w| {
+            let start = w.s.i + 1;
+            let escaped = w.s.string()?;
+            let key = start..w.s.i - 1;
+            w.s.ws();
+            w.s.eat(b':')?;
+            w.s.ws();
+            member(w, key, escaped)
+        })
     }
 
     /// An array at nesting `depth`: `element` is called with the walk at each element
@@ -489,23 +471,35 @@ impl<'a> Walk<'a> {
     pub fn array(
         &mut self,
         depth: usize,
-        mut element: impl FnMut(&mut Self) -> Result<(), ScanError>,
+        element: impl FnMut(&mut Self) -> Result<(), ScanError>,
+    ) -> Result<(), ScanError> {
+        self.container(depth, b'[', b']', element)
+    }
+
+    /// An object or an array: `open`, then `item`s separated by commas, then `close`.
+    #[inline(always)]
+    fn container(
+        &mut self,
+        depth: usize,
+        open: u8,
+        close: u8,
+        mut item: impl FnMut(&mut Self) -> Result<(), ScanError>,
     ) -> Result<(), ScanError> {
         if depth + 1 >= MAX_DEPTH {
             return Err(ScanError::Invalid);
         }
-        self.s.eat(b'[')?;
+        self.s.eat(open)?;
         self.s.ws();
-        if self.s.peek() == Some(b']') {
+        if self.s.peek() == Some(close) {
             self.s.i += 1;
             self.s.ws();
             return Ok(());
         }
         loop {
-            element(self)?;
+            item(self)?;
             match self.s.next()? {
                 b',' => self.s.ws(),
-                b']' => {
+                c if c == close => {
                     self.s.ws();
                     return Ok(());
                 }

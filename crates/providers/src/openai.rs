@@ -341,16 +341,13 @@ fn string_text(json: &str, span: Range<usize>, escaped: bool) -> Result<Cow<'_, 
     unescape(json, span).map(Cow::Owned)
 }
 
-/// A member's key, as bytes to compare with the names wanted: without escapes (all keys
-/// in practice) a slice of the text, no UTF-8 boundary checks.
+/// A member's key, as bytes to compare with the names wanted.
 #[inline(always)]
 fn key_bytes(json: &str, span: Range<usize>, escaped: bool) -> Result<Cow<'_, [u8]>, ScanError> {
-    if !escaped {
-        return Ok(Cow::Borrowed(
-            json.as_bytes().get(span).ok_or(ScanError::Invalid)?,
-        ));
-    }
-    unescape(json, span).map(|k| Cow::Owned(k.into_bytes()))
+    Ok(match string_text(json, span, escaped)? {
+        Cow::Borrowed(k) => Cow::Borrowed(k.as_bytes()),
+        Cow::Owned(k) => Cow::Owned(k.into_bytes()),
+    })
 }
 
 /// The text of an escaped string (`span` is its content, inside the quotes).
@@ -361,15 +358,23 @@ fn unescape(json: &str, span: Range<usize>) -> Result<String, ScanError> {
     serde_json::from_str::<String>(quoted).map_err(|_| ScanError::Invalid)
 }
 
+/// Marks a member as read; a member read twice is refused, as serde's derive refuses a
+/// repeated field.
+fn once(seen: &mut bool) -> Result<(), ScanError> {
+    if std::mem::replace(seen, true) {
+        Err(ScanError::Ambiguous)
+    } else {
+        Ok(())
+    }
+}
+
 /// A string or `null` (serde's `Option<Cow<str>>`).
 fn opt_text<'j>(
     w: &mut Walk<'j>,
     json: &'j str,
     seen: &mut bool,
 ) -> Result<Option<Cow<'j, str>>, ScanError> {
-    if std::mem::replace(seen, true) {
-        return Err(ScanError::Ambiguous);
-    }
+    once(seen)?;
     if w.null()? {
         return Ok(None);
     }
@@ -384,18 +389,11 @@ fn opt_text<'j>(
 fn read_chunk(json: &str) -> Result<(String, Option<Range<usize>>, usize), ScanError> {
     let mut w = Walk::new(json);
     let mut text = String::new();
-    let (mut id, mut created, mut model, mut choices) = (false, false, false, None);
+    let (mut id, mut created, mut model, mut choices_seen) = (false, false, false, false);
+    let mut choices = 0;
     let (mut usage, mut usage_seen, mut error_seen) = (None, false, false);
     w.object(0, |w, key, escaped| {
-        let key = key_bytes(json, key, escaped)?;
-        let once = |seen: &mut bool| {
-            if std::mem::replace(seen, true) {
-                Err(ScanError::Ambiguous)
-            } else {
-                Ok(())
-            }
-        };
-        match &*key {
+        match &*key_bytes(json, key, escaped)? {
             b"id" => {
                 once(&mut id)?;
                 let (span, _) = w.string()?;
@@ -419,15 +417,13 @@ fn read_chunk(json: &str) -> Result<(String, Option<Range<usize>>, usize), ScanE
                 w.string()?;
             }
             b"choices" => {
-                if choices.is_some() {
-                    return Err(ScanError::Ambiguous);
-                }
+                once(&mut choices_seen)?;
                 let mut n = 0;
                 w.array(1, |w| {
                     n += 1;
                     read_choice(w, json, &mut text)
                 })?;
-                choices = Some(n);
+                choices = n;
             }
             b"usage" => {
                 once(&mut usage_seen)?;
@@ -448,9 +444,10 @@ fn read_chunk(json: &str) -> Result<(String, Option<Range<usize>>, usize), ScanE
         Ok(())
     })?;
     w.end()?;
-    match choices {
-        Some(n) if id && created && model => Ok((text, usage, n)),
-        _ => Err(ScanError::Invalid),
+    if id && created && model && choices_seen {
+        Ok((text, usage, choices))
+    } else {
+        Err(ScanError::Invalid)
     }
 }
 
@@ -470,9 +467,7 @@ fn member_of<'j>(
             w.skip(depth + 1)?;
             return Ok(());
         }
-        if std::mem::replace(&mut seen, true) {
-            return Err(ScanError::Ambiguous);
-        }
+        once(&mut seen)?;
         if w.null()? {
             return Ok(());
         }
@@ -492,9 +487,7 @@ fn read_choice<'j>(w: &mut Walk<'j>, json: &'j str, text: &mut String) -> Result
                 b"content" => content = opt_text(w, json, &mut content_seen)?,
                 b"reasoning_content" => reasoning = opt_text(w, json, &mut reasoning_seen)?,
                 b"tool_calls" => {
-                    if std::mem::replace(&mut tools_seen, true) {
-                        return Err(ScanError::Ambiguous);
-                    }
+                    once(&mut tools_seen)?;
                     if !w.null()? {
                         w.array(4, |w| {
                             // A tool call (nesting 5): `function.arguments`.
