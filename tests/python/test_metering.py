@@ -144,6 +144,73 @@ def test_budget_holds_under_concurrency_and_reports_add_up(emulator, gateway, tm
     assert D(standing["remaining"]) == budget - spent
 
 
+def test_request_listing_is_paged_over_http_and_cli(emulator, gateway):
+    gw = gateway(deepseek_config(emulator("deepseek")))
+    cfg = ["--config", str(gw["config"])]
+    key = create_key(cfg, "pager")
+    body = {"model": "deepseek/deepseek-chat", "messages": [{"role": "user", "content": "hi"}]}
+    sent = []
+    for _ in range(7):
+        status, h, _ = post(gw["url"], key, body)
+        assert status == 200
+        sent.append(h["x-tollgate-request-id"])
+    admin = {"Authorization": f"Bearer {gw['admin_key']}"}
+
+    def get(query):
+        req = urllib.request.Request(gw["url"] + "/admin/usage?" + query, headers=admin)
+        try:
+            with urllib.request.urlopen(req) as r:
+                return r.status, dict(r.headers), r.read()
+        except urllib.error.HTTPError as e:
+            return e.code, dict(e.headers), e.read()
+
+    # Pages of 3 over HTTP: 3 + 3 + 1, in the order the requests came, each once.
+    seen, pages, after = [], [], None
+    while True:
+        status, h, raw = get("by=request&limit=3" + (f"&after={after}" if after else ""))
+        assert status == 200, raw
+        page = json.loads(raw)
+        ids = [l["group"] for l in page["lines"]]
+        pages.append(len(ids))
+        seen += ids
+        assert page["total"]["requests"] == len(ids)
+        after = page["next_after"]
+        assert h.get("x-tollgate-next-after") == after
+        if after is None:
+            break
+        assert after == ids[-1]
+    assert pages == [3, 3, 1] and seen == sent
+    # Without a limit, one page of up to 1,000: all seven, no cursor.
+    status, _, raw = get("by=request")
+    assert json.loads(raw)["next_after"] is None and len(json.loads(raw)["lines"]) == 7
+    # CSV carries the cursor in the header.
+    status, h, raw = get("by=request&limit=5&format=csv")
+    assert status == 200 and h["x-tollgate-next-after"] == sent[4]
+    assert raw.decode().splitlines()[1].startswith(sent[0] + ",")
+    # Wrong paging: an OpenAI-shaped 400 naming the parameter.
+    for query, param in [("by=request&limit=0", "limit"), ("by=request&limit=100001", "limit"),
+                         ("by=key&limit=5", "limit"), ("by=model&after=" + sent[0], "after"),
+                         ("by=request&after=req_nosuch", "after")]:
+        status, _, raw = get(query)
+        err = json.loads(raw)["error"]
+        assert status == 400 and err["param"] == param and err["type"] == "invalid_request_error", (query, raw)
+
+    # The CLI pages the same way, and says where the next page starts.
+    out = subprocess.run([BIN, "usage", *cfg, "--by", "request", "--limit", "4", "--json"],
+                         check=True, capture_output=True, text=True)
+    first = json.loads(out.stdout)
+    assert [l["group"] for l in first["lines"]] == sent[:4] and first["next_after"] == sent[3]
+    out = subprocess.run([BIN, "usage", *cfg, "--by", "request", "--limit", "4", "--after", sent[3]],
+                         check=True, capture_output=True, text=True)
+    assert [l.split()[0] for l in out.stdout.splitlines()[1:-1]] == sent[4:]
+    assert "more requests" not in out.stderr
+    out = subprocess.run([BIN, "usage", *cfg, "--by", "request", "--limit", "2"],
+                         check=True, capture_output=True, text=True)
+    assert f"--after {sent[1]}" in out.stderr
+    bad = subprocess.run([BIN, "usage", *cfg, "--by", "key", "--limit", "2"], capture_output=True, text=True)
+    assert bad.returncode != 0 and "--limit" in bad.stderr and "by=request" in bad.stderr
+
+
 def test_rpm_limit_holds_under_concurrency(emulator, gateway):
     gw = gateway(deepseek_config(emulator("deepseek")))
     out = subprocess.run([BIN, "keys", "--config", str(gw["config"]), "create", "--name", "slow", "--rpm", "5",

@@ -2,7 +2,8 @@
 
 use clap::Args;
 use tollgate_core::Currency;
-use tollgate_store::{GroupBy, LedgerStore, SqliteStore};
+use tollgate_server::reports::ReportError;
+use tollgate_store::{GroupBy, SqliteStore};
 
 use crate::StoreArgs;
 
@@ -29,6 +30,13 @@ pub struct UsageArgs {
     /// CSV instead of a table.
     #[arg(long)]
     pub csv: bool,
+    /// With --by request: requests per page (default 1000, at most 100000).
+    #[arg(long)]
+    pub limit: Option<u64>,
+    /// With --by request: the page after this request id (printed at the end of the
+    /// page before, and in the JSON as `next_after`).
+    #[arg(long)]
+    pub after: Option<String>,
 }
 
 pub fn run(args: UsageArgs) -> anyhow::Result<()> {
@@ -43,15 +51,23 @@ pub fn run(args: UsageArgs) -> anyhow::Result<()> {
         .map_err(|_| anyhow::anyhow!("unknown currency '{cur}' (CNY, USD, EUR)"))?;
     let filter = tollgate_server::api::date_range(args.since.as_deref(), args.until.as_deref())
         .map_err(|e| anyhow::anyhow!(e.message))?;
+    // The options are checked before anything is opened.
+    tollgate_server::reports::page_size(by, args.limit, args.after.as_deref())
+        .map_err(report_error)?;
     let store = SqliteStore::open(&cfg.data_dir)?;
     // Rows a running (or killed) gateway has journaled but not yet imported.
     tollgate_store::journal::import_all(&cfg.data_dir, &store)?;
     // Row by row: a report over a busy month must not hold the month in memory.
-    let mut report = tollgate_server::reports::UsageBuilder::new(&catalog, by, currency);
-    store.scan(&filter, &mut |r| {
-        report.add(&r).map_err(tollgate_store::StoreError::Invalid)
-    })?;
-    let rep = report.finish();
+    let rep = tollgate_server::reports::report(
+        &store,
+        &catalog,
+        by,
+        currency,
+        &filter,
+        args.limit,
+        args.after.as_deref(),
+    )
+    .map_err(report_error)?;
     if args.json {
         println!("{}", serde_json::to_string_pretty(&rep)?);
     } else if args.csv {
@@ -59,5 +75,15 @@ pub fn run(args: UsageArgs) -> anyhow::Result<()> {
     } else {
         print!("{}", tollgate_server::reports::render_table(&rep));
     }
+    if let (Some(id), false) = (&rep.next_after, args.json) {
+        eprintln!("more requests follow: the next page is --after {id}");
+    }
     Ok(())
+}
+
+fn report_error(e: ReportError) -> anyhow::Error {
+    match e {
+        ReportError::Param(param, m) => anyhow::anyhow!("--{param}: {m}"),
+        ReportError::Internal(m) => anyhow::anyhow!(m),
+    }
 }

@@ -100,6 +100,11 @@ pub struct UsageParams {
     pub currency: Option<String>,
     /// `json` (default) or `csv`.
     pub format: Option<String>,
+    /// `by=request` only: requests per page (default 1,000, at most 100,000).
+    pub limit: Option<u64>,
+    /// `by=request` only: the page after this request id (the last page's
+    /// `next_after`).
+    pub after: Option<String>,
 }
 
 /// `[since, until)` in Unix ms from `YYYY-MM-DD` dates (UTC; `until` inclusive of its day).
@@ -120,7 +125,7 @@ pub fn date_range(since: Option<&str>, until: Option<&str>) -> Result<LedgerFilt
     Ok(LedgerFilter {
         since_ms,
         until_ms,
-        key_id: None,
+        ..Default::default()
     })
 }
 
@@ -142,32 +147,58 @@ pub async fn usage(
         None => parse_currency(&state.config.reporting_currency)?,
     };
     let filter = date_range(p.since.as_deref(), p.until.as_deref())?;
+    // The options are checked before the journal is synced and the ledger read.
+    crate::reports::page_size(by, p.limit, p.after.as_deref()).map_err(report_error)?;
     let st = state.clone();
+    let (limit, after) = (p.limit, p.after.clone());
     let rep = tokio::task::spawn_blocking(move || {
         // Rows still in the journal first, so the report sees every answered request.
-        st.ledger.sync()?;
+        st.ledger
+            .sync()
+            .map_err(crate::reports::ReportError::Internal)?;
         // Row by row: a report over a busy month must not hold the month in memory.
-        let mut report = crate::reports::UsageBuilder::new(&st.catalog, by, currency);
-        st.ledger_store
-            .scan(&filter, &mut |r| {
-                report.add(&r).map_err(tollgate_store::StoreError::Invalid)
-            })
-            .map_err(|e| e.to_string())?;
-        Ok::<_, String>(report.finish())
+        crate::reports::report(
+            st.ledger_store.as_ref(),
+            &st.catalog,
+            by,
+            currency,
+            &filter,
+            limit,
+            after.as_deref(),
+        )
     })
     .await
     .map_err(|_| GatewayError::internal())?
-    .map_err(|e| {
-        tracing::error!(error = %e, "usage report failed");
-        GatewayError::internal()
-    })?;
-    if p.format.as_deref() == Some("csv") {
+    .map_err(report_error)?;
+    let next = rep
+        .next_after
+        .as_deref()
+        .and_then(|id| HeaderValue::from_str(id).ok());
+    let mut r = if p.format.as_deref() == Some("csv") {
         let mut r = crate::reports::render_csv(&rep).into_response();
         r.headers_mut().insert(
             "content-type",
             HeaderValue::from_static("text/csv; charset=utf-8"),
         );
-        return Ok(r);
+        r
+    } else {
+        axum::Json(rep).into_response()
+    };
+    // The cursor of the next page, for CSV (which has no place for it) and JSON alike.
+    if let Some(v) = next {
+        r.headers_mut().insert("x-tollgate-next-after", v);
     }
-    Ok(axum::Json(rep).into_response())
+    Ok(r)
+}
+
+fn report_error(e: crate::reports::ReportError) -> GatewayError {
+    match e {
+        crate::reports::ReportError::Param(param, message) => {
+            GatewayError::invalid_param(param, &message)
+        }
+        crate::reports::ReportError::Internal(e) => {
+            tracing::error!(error = %e, "usage report failed");
+            GatewayError::internal()
+        }
+    }
 }

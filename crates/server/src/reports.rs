@@ -6,7 +6,7 @@ use chrono::{DateTime, Utc};
 use serde::Serialize;
 use tollgate_core::money::format_nanos;
 use tollgate_core::{Catalog, Currency, Money};
-use tollgate_store::{GroupBy, LedgerRow};
+use tollgate_store::{GroupBy, LedgerFilter, LedgerRow, LedgerStore};
 
 /// One line of a grouped report.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -43,13 +43,108 @@ pub struct RequestDetail {
     pub price_id: Option<String>,
 }
 
-/// The report: lines and a total line.
+/// The report: lines and a total line. A listing of requests (`by=request`) comes in
+/// pages: `total` then sums the page's lines, and `next_after` is the request id to
+/// pass as `after` for the next page (`null` on the last page, and for every other
+/// grouping, which is never paged).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct UsageReport {
     pub by: String,
     pub currency: String,
     pub lines: Vec<UsageLine>,
     pub total: UsageLine,
+    pub next_after: Option<String>,
+}
+
+/// Requests a page of a `by=request` listing holds unless `limit` says otherwise.
+pub const DEFAULT_PAGE: u64 = 1_000;
+/// The most requests one page may hold.
+pub const MAX_PAGE: u64 = 100_000;
+
+/// Why a report could not be made.
+#[derive(Debug)]
+pub enum ReportError {
+    /// The caller's fault (`param`, message): a paging option where there is no paging,
+    /// a limit out of range, a cursor naming no request.
+    Param(&'static str, String),
+    /// The store's or the catalog's (for the operator's log).
+    Internal(String),
+}
+
+/// The page size of a report: `by=request` listings are paged (`limit`, default
+/// [`DEFAULT_PAGE`], at most [`MAX_PAGE`]; `after`, a request id), other groupings take
+/// neither option.
+pub fn page_size(
+    by: GroupBy,
+    limit: Option<u64>,
+    after: Option<&str>,
+) -> Result<Option<u64>, ReportError> {
+    if by != GroupBy::Request {
+        if limit.is_some() || after.is_some() {
+            let param = if limit.is_some() { "limit" } else { "after" };
+            return Err(ReportError::Param(
+                param,
+                format!("'{param}' pages a listing of requests: it needs by=request"),
+            ));
+        }
+        return Ok(None);
+    }
+    match limit.unwrap_or(DEFAULT_PAGE) {
+        n @ 1..=MAX_PAGE => Ok(Some(n)),
+        n => Err(ReportError::Param(
+            "limit",
+            format!("'limit' must be between 1 and {MAX_PAGE} (got {n})"),
+        )),
+    }
+}
+
+/// A report over `filter`'s window, read row by row ([`LedgerStore::scan`]): grouped
+/// totals, or one page of single requests after the request `after`.
+pub fn report(
+    store: &dyn LedgerStore,
+    catalog: &Catalog,
+    by: GroupBy,
+    currency: Currency,
+    filter: &LedgerFilter,
+    limit: Option<u64>,
+    after: Option<&str>,
+) -> Result<UsageReport, ReportError> {
+    let page = page_size(by, limit, after)?;
+    let mut filter = filter.clone();
+    if let Some(id) = after {
+        let at = store
+            .position(id)
+            .map_err(|e| ReportError::Internal(e.to_string()))?;
+        filter.after = Some(at.ok_or_else(|| {
+            ReportError::Param(
+                "after",
+                format!("no request in the ledger has the id '{id}'"),
+            )
+        })?);
+    }
+    // One row more than the page: whether it exists says whether there is a next page.
+    filter.limit = page.map(|n| n + 1);
+    let mut b = UsageBuilder::new(catalog, by, currency);
+    let mut rows = 0u64;
+    let mut more = false;
+    store
+        .scan(&filter, &mut |r| {
+            rows += 1;
+            if page.is_some_and(|n| rows > n) {
+                more = true;
+                return Ok(());
+            }
+            b.add(&r).map_err(tollgate_store::StoreError::Invalid)
+        })
+        .map_err(|e| ReportError::Internal(e.to_string()))?;
+    let next_after = if more {
+        b.lines.last().map(|l| l.group.clone())
+    } else {
+        None
+    };
+    let mut rep = b.finish();
+    rep.next_after = next_after;
+    Ok(rep)
 }
 
 fn cost_in(catalog: &Catalog, r: &LedgerRow, to: Currency) -> Result<i128, String> {
@@ -159,10 +254,16 @@ impl<'a> UsageBuilder<'a> {
             GroupBy::Request => r.id.clone(),
         };
         let lines = &mut self.lines;
-        let i = *self.index.entry(group.clone()).or_insert_with(|| {
+        let i = if by == GroupBy::Request {
+            // A line per row (ids are unique): no index to keep.
             lines.push(empty(group, currency));
             lines.len() - 1
-        });
+        } else {
+            *self.index.entry(group.clone()).or_insert_with(|| {
+                lines.push(empty(group, currency));
+                lines.len() - 1
+            })
+        };
         add(&mut lines[i], r, nanos);
         if by == GroupBy::Request {
             lines[i].detail = Some(RequestDetail {
@@ -205,6 +306,7 @@ impl<'a> UsageBuilder<'a> {
             currency: currency.to_string(),
             lines,
             total,
+            next_after: None,
         }
     }
 }
@@ -355,5 +457,61 @@ mod tests {
         assert!(usd.total.cost.starts_with("0.9"), "{}", usd.total.cost);
         assert!(render_table(&rep).contains("TOTAL"));
         assert!(render_csv(&rep).lines().count() == 4);
+    }
+    /// A page of single requests holds `limit` lines in the ledger's order, totals just
+    /// them, and names the last as the cursor only when more follow; paging options
+    /// elsewhere, a limit out of range and a cursor naming no request are refused.
+    #[test]
+    fn request_listings_come_in_pages() {
+        let dir = std::env::temp_dir().join(format!(
+            "tollgate-reports-test-{}-{}",
+            std::process::id(),
+            chrono::Utc::now().timestamp_nanos_opt().unwrap_or_default()
+        ));
+        let store = tollgate_store::SqliteStore::open(&dir).unwrap();
+        let cat = Catalog::embedded().unwrap();
+        let ts = 1_764_000_000_000;
+        // Seven requests; two share a millisecond (ordered by id).
+        let rows: Vec<LedgerRow> = (0..7)
+            .map(|i| row(&format!("r{i}"), ts + i.min(5), "m", 10 + i, "CNY"))
+            .collect();
+        store.append(&rows).unwrap();
+        let all = LedgerFilter::default();
+        let page = |limit: Option<u64>, after: Option<&str>| {
+            report(&store, &cat, GroupBy::Request, Currency::Cny, &all, limit, after)
+        };
+        let ids = |r: &UsageReport| r.lines.iter().map(|l| l.group.clone()).collect::<Vec<_>>();
+
+        let p1 = page(Some(3), None).unwrap();
+        assert_eq!(ids(&p1), ["r0", "r1", "r2"]);
+        assert_eq!(p1.next_after.as_deref(), Some("r2"));
+        assert_eq!(p1.total.requests, 3);
+        assert_eq!(p1.total.cost, "0.000000033");
+        let p2 = page(Some(3), Some("r2")).unwrap();
+        assert_eq!(ids(&p2), ["r3", "r4", "r5"]);
+        let p3 = page(Some(3), Some("r5")).unwrap();
+        assert_eq!(ids(&p3), ["r6"]);
+        assert_eq!(p3.next_after, None);
+        // Exactly a page left: no cursor to an empty page.
+        let p = page(Some(4), Some("r2")).unwrap();
+        assert_eq!((ids(&p).len(), p.next_after), (4, None));
+        // The default page holds them all.
+        let p = page(None, None).unwrap();
+        assert_eq!((ids(&p).len(), p.next_after), (7, None));
+        // Groupings are never paged.
+        let by_model = report(&store, &cat, GroupBy::Model, Currency::Cny, &all, None, None);
+        assert_eq!(by_model.unwrap().total.requests, 7);
+
+        let refused = |r: Result<UsageReport, ReportError>| match r {
+            Err(ReportError::Param(p, _)) => p,
+            other => panic!("not refused: {other:?}"),
+        };
+        assert_eq!(refused(page(Some(0), None)), "limit");
+        assert_eq!(refused(page(Some(MAX_PAGE + 1), None)), "limit");
+        assert_eq!(refused(page(Some(2), Some("r9"))), "after");
+        let keyed = |limit, after| report(&store, &cat, GroupBy::Key, Currency::Cny, &all, limit, after);
+        assert_eq!(refused(keyed(Some(2), None)), "limit");
+        assert_eq!(refused(keyed(None, Some("r1"))), "after");
+        std::fs::remove_dir_all(dir).ok();
     }
 }

@@ -82,12 +82,19 @@ impl std::str::FromStr for GroupBy {
     }
 }
 
-/// Rows selected for a report: `[since_ms, until_ms)`.
+/// Rows selected for a report: `[since_ms, until_ms)`, in the scan's order (`ts_ms`,
+/// then `id`), optionally only those after a cursor and at most `limit` of them: how a
+/// listing of single requests is paged.
 #[derive(Debug, Clone, Default)]
 pub struct LedgerFilter {
     pub since_ms: Option<i64>,
     pub until_ms: Option<i64>,
     pub key_id: Option<String>,
+    /// Only rows after this one in the scan's order: its `(ts_ms, id)`, as
+    /// [`LedgerStore::position`] finds it for a request id.
+    pub after: Option<(i64, String)>,
+    /// At most this many rows.
+    pub limit: Option<u64>,
 }
 
 /// The ledger, whatever the backend.
@@ -105,6 +112,9 @@ pub trait LedgerStore: Send + Sync {
         filter: &LedgerFilter,
         visit: &mut dyn FnMut(LedgerRow) -> Result<(), StoreError>,
     ) -> Result<(), StoreError>;
+    /// Where the row of request `id` sits in a scan's order: its `(ts_ms, id)`, the
+    /// cursor [`LedgerFilter::after`] takes. `None` when no row has that id.
+    fn position(&self, id: &str) -> Result<Option<(i64, String)>, StoreError>;
     /// Rows matching the filter, oldest first, collected.
     fn rows(&self, filter: &LedgerFilter) -> Result<Vec<LedgerRow>, StoreError> {
         let mut rows = Vec::new();

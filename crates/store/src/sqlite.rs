@@ -401,12 +401,16 @@ fn bind_row(
     Ok(())
 }
 
-/// [`LedgerStore::rows`]: served by `ledger_ts`.
+/// [`LedgerStore::scan`]: served by `ledger_ts`. A cursor (`?4`, `?5`: the last row's
+/// `ts_ms` and `id`) also raises `?1` to its `ts_ms`, so a page starts its index range
+/// at the cursor instead of reading the window from its start; rows of that very
+/// millisecond up to the cursor's id are filtered out. `?6` is the limit (-1: none).
 const SELECT_ROWS: &str = concat!(
     "SELECT ",
     ledger_columns!(),
     " FROM ledger WHERE ts_ms >= ?1 AND ts_ms < ?2 AND (?3 IS NULL OR key_id = ?3) \
-     ORDER BY ts_ms, id"
+     AND (?4 IS NULL OR ts_ms > ?4 OR id > ?5) \
+     ORDER BY ts_ms, id LIMIT ?6"
 );
 /// [`LedgerStore::spend_since`]: served by `ledger_ts`.
 const SPEND_SINCE: &str = "SELECT MIN(ts_ms), SUM(cost_nanos), cost_currency FROM ledger \
@@ -458,17 +462,39 @@ impl LedgerStore for SqliteStore {
         f: &LedgerFilter,
         visit: &mut dyn FnMut(LedgerRow) -> Result<(), StoreError>,
     ) -> Result<(), StoreError> {
+        let mut since = f.since_ms.unwrap_or(i64::MIN);
+        if let Some((ts, _)) = &f.after {
+            since = since.max(*ts);
+        }
+        let limit = match f.limit {
+            Some(n) => i64::try_from(n).unwrap_or(i64::MAX),
+            None => -1,
+        };
         self.with(|c| {
             let mut st = c.prepare_cached(SELECT_ROWS)?;
             let mut rows = st.query(params![
-                f.since_ms.unwrap_or(i64::MIN),
+                since,
                 f.until_ms.unwrap_or(i64::MAX),
-                f.key_id
+                f.key_id,
+                f.after.as_ref().map(|(ts, _)| *ts),
+                f.after.as_ref().map(|(_, id)| id.as_str()),
+                limit,
             ])?;
             while let Some(r) = rows.next()? {
                 visit(row_to_ledger(r)?)?;
             }
             Ok(())
+        })
+    }
+
+    fn position(&self, id: &str) -> Result<Option<(i64, String)>, StoreError> {
+        self.with(|c| {
+            let mut st = c.prepare_cached("SELECT ts_ms FROM ledger WHERE id = ?1")?;
+            let mut rows = st.query(params![id])?;
+            Ok(match rows.next()? {
+                Some(r) => Some((r.get(0)?, id.to_owned())),
+                None => None,
+            })
         })
     }
 
@@ -718,7 +744,7 @@ mod tests {
         let window = LedgerFilter {
             since_ms: Some(1_005),
             until_ms: Some(1_020),
-            key_id: None,
+            ..Default::default()
         };
         let mut seen = Vec::new();
         s.scan(&window, &mut |r| {
@@ -739,6 +765,83 @@ mod tests {
             .unwrap_err();
         assert_eq!(visits, 1);
         assert_eq!(err.to_string(), "stop at req_00000000");
+        std::fs::remove_dir_all(dir).ok();
+    }
+
+    /// Pages of a listing, each starting after the last row of the one before, visit the
+    /// window's rows exactly once and in order, rows sharing a millisecond included
+    /// (they are ordered by id), whatever the page size.
+    #[test]
+    fn pages_after_a_cursor_cover_the_window_once_in_order() {
+        let dir = tmp();
+        let s = SqliteStore::open(&dir).unwrap();
+        // 60 rows over 12 milliseconds, five to a millisecond, inserted out of order.
+        let mut rows: Vec<LedgerRow> = (0..60)
+            .map(|i| {
+                let mut r = full_row(i, "");
+                r.ts_ms = 2_000 + (i as i64 % 12);
+                r
+            })
+            .collect();
+        rows.reverse();
+        s.append(&rows).unwrap();
+        let window = LedgerFilter {
+            since_ms: Some(2_002),
+            until_ms: Some(2_010),
+            ..Default::default()
+        };
+        let want = s.rows(&window).unwrap();
+        assert_eq!(want.len(), 40);
+        let order = |r: &LedgerRow| (r.ts_ms, r.id.clone());
+        assert!(want.windows(2).all(|w| order(&w[0]) < order(&w[1])));
+        for page in [1u64, 3, 5, 7, 40, 41] {
+            let mut got: Vec<LedgerRow> = Vec::new();
+            let mut pages = 0;
+            loop {
+                let after = match got.last() {
+                    Some(last) => Some(s.position(&last.id).unwrap().unwrap()),
+                    None => None,
+                };
+                let f = LedgerFilter {
+                    after,
+                    limit: Some(page),
+                    ..window.clone()
+                };
+                let next = s.rows(&f).unwrap();
+                assert!(next.len() as u64 <= page);
+                let full = next.len() as u64 == page;
+                got.extend(next);
+                pages += 1;
+                if !full {
+                    break;
+                }
+            }
+            assert_eq!(got, want, "pages of {page}");
+            assert_eq!(pages, 40 / page + 1, "pages of {page}");
+        }
+        // A cursor before the window does not widen it; one past it yields nothing.
+        let early = s.position("req_00000000").unwrap().unwrap();
+        assert_eq!(early, (2_000, "req_00000000".to_owned()));
+        let f = LedgerFilter {
+            after: Some(early),
+            ..window.clone()
+        };
+        assert_eq!(s.rows(&f).unwrap(), want);
+        let late = s.position("req_00000011").unwrap().unwrap();
+        let f = LedgerFilter {
+            after: Some(late),
+            ..window.clone()
+        };
+        assert!(s.rows(&f).unwrap().is_empty());
+        // With a key filter too.
+        let f = LedgerFilter {
+            key_id: Some("k14".into()),
+            after: Some(s.position("req_00000002").unwrap().unwrap()),
+            ..window.clone()
+        };
+        let ids: Vec<String> = s.rows(&f).unwrap().into_iter().map(|r| r.id).collect();
+        assert_eq!(ids, ["req_00000014"]);
+        assert_eq!(s.position("req_nope").unwrap(), None);
         std::fs::remove_dir_all(dir).ok();
     }
 
