@@ -478,7 +478,15 @@ mod tests {
         store.append(&rows).unwrap();
         let all = LedgerFilter::default();
         let page = |limit: Option<u64>, after: Option<&str>| {
-            report(&store, &cat, GroupBy::Request, Currency::Cny, &all, limit, after)
+            report(
+                &store,
+                &cat,
+                GroupBy::Request,
+                Currency::Cny,
+                &all,
+                limit,
+                after,
+            )
         };
         let ids = |r: &UsageReport| r.lines.iter().map(|l| l.group.clone()).collect::<Vec<_>>();
 
@@ -499,7 +507,15 @@ mod tests {
         let p = page(None, None).unwrap();
         assert_eq!((ids(&p).len(), p.next_after), (7, None));
         // Groupings are never paged.
-        let by_model = report(&store, &cat, GroupBy::Model, Currency::Cny, &all, None, None);
+        let by_model = report(
+            &store,
+            &cat,
+            GroupBy::Model,
+            Currency::Cny,
+            &all,
+            None,
+            None,
+        );
         assert_eq!(by_model.unwrap().total.requests, 7);
 
         let refused = |r: Result<UsageReport, ReportError>| match r {
@@ -509,7 +525,17 @@ mod tests {
         assert_eq!(refused(page(Some(0), None)), "limit");
         assert_eq!(refused(page(Some(MAX_PAGE + 1), None)), "limit");
         assert_eq!(refused(page(Some(2), Some("r9"))), "after");
-        let keyed = |limit, after| report(&store, &cat, GroupBy::Key, Currency::Cny, &all, limit, after);
+        let keyed = |limit, after| {
+            report(
+                &store,
+                &cat,
+                GroupBy::Key,
+                Currency::Cny,
+                &all,
+                limit,
+                after,
+            )
+        };
         assert_eq!(refused(keyed(Some(2), None)), "limit");
         assert_eq!(refused(keyed(None, Some("r1"))), "after");
         std::fs::remove_dir_all(dir).ok();

@@ -582,8 +582,22 @@ mod tests {
         let s = SqliteStore::open(&dir).unwrap();
         let c = s.conn.lock().unwrap();
         for p in [
-            plan(&c, SELECT_ROWS, params![0, 10, None::<String>]),
-            plan(&c, SELECT_ROWS, params![0, 10, "k1"]),
+            plan(
+                &c,
+                SELECT_ROWS,
+                params![0, 10, None::<String>, None::<i64>, None::<String>, -1],
+            ),
+            plan(
+                &c,
+                SELECT_ROWS,
+                params![0, 10, "k1", None::<i64>, None::<String>, -1],
+            ),
+            // A page after a cursor, with a limit.
+            plan(
+                &c,
+                SELECT_ROWS,
+                params![5, 10, None::<String>, 5, "req_1", 101],
+            ),
             plan(&c, SPEND_SINCE, params![0, "k1", None::<String>]),
             plan(&c, SPEND_SINCE, params![0, None::<String>, "g"]),
         ] {
