@@ -136,7 +136,7 @@ fn skip_string(b: &[u8], i: usize) -> Result<(usize, bool), ScanError> {
     let mut j = i + 1;
     let mut escaped = false;
     loop {
-        j = skip_plain(b, j);
+        j = skip_plain::<false>(b, j);
         match b.get(j) {
             Some(b'"') => return Ok((j + 1, escaped)),
             // The escaped byte cannot end the string (`\u` digits are plain content).
@@ -227,9 +227,10 @@ fn stop_bits(w: u64) -> u64 {
 /// quote, a backslash or a control character), or `b.len()`. Eight bytes at a time for
 /// short runs (keys and most values); a run past 64 bytes (prompts, answers) is skipped
 /// with `memchr` and checked for control characters in one pass the compiler
-/// vectorizes.
+/// vectorizes, unless `CONTROL` is false: text a parser has already accepted (what
+/// [`top_level_checked`] reads) has none, so an 8 KB prompt's run is not read twice.
 #[inline(always)]
-fn skip_plain(b: &[u8], mut i: usize) -> usize {
+fn skip_plain<const CONTROL: bool>(b: &[u8], mut i: usize) -> usize {
     let start = i;
     while let Some(w) = b.get(i..i + 8).and_then(|s| <[u8; 8]>::try_from(s).ok()) {
         let stops = stop_bits(u64::from_le_bytes(w));
@@ -243,9 +244,10 @@ fn skip_plain(b: &[u8], mut i: usize) -> usize {
             // Control characters are checked 64 bytes at a time without an early exit
             // inside a block, which the compiler vectorizes (`iter().any` it does not:
             // ~5 instructions a byte, most of an 8 KB prompt's cost).
-            let has_control = run
-                .chunks(64)
-                .any(|block| block.iter().fold(false, |seen, c| seen | (*c < 0x20)));
+            let has_control = CONTROL
+                && run
+                    .chunks(64)
+                    .any(|block| block.iter().fold(false, |seen, c| seen | (*c < 0x20)));
             if has_control {
                 return i + run.iter().position(|c| *c < 0x20).unwrap_or(0);
             }
@@ -300,7 +302,7 @@ impl Scanner<'_> {
         let mut i = self.i;
         let mut escaped = false;
         loop {
-            i = skip_plain(b, i);
+            i = skip_plain::<true>(b, i);
             match b.get(i) {
                 Some(b'"') => {
                     self.i = i + 1;

@@ -563,10 +563,28 @@ fn openai_http(ctx: &EncodeCtx<'_>, body: Vec<u8>) -> HttpRequest {
 /// a stream, `"stream_options":{"include_usage":true}` added. `None` when the body's
 /// `stream` does not say what `stream` says, or a stream has `stream_options` already
 /// (then [`Codec::encode`] merges them), or it is not a JSON object with a string `model`.
+///
+/// `body` must be JSON `serde_json` accepted: the body the [`ChatRequest`] handed to
+/// [`Codec::encode_verbatim`] was parsed from. Its grammar is therefore not checked a
+/// second time ([`crate::jscan::top_level_checked`]), which for an 8 KB prompt is most of
+/// the cost (a test holds the result to the checking scan's on every body serde accepts).
+/// On other text it returns `None` or a wrong body, but never panics.
 pub fn verbatim_request(body: &[u8], model: &str, stream: bool) -> Option<Vec<u8>> {
-    let [model_at, stream_at, options_at] =
-        crate::jscan::top_level(body, ["model", "stream", "stream_options"]).ok()?;
-    let text = |r: &Option<std::ops::Range<usize>>| r.as_ref().map(|r| &body[r.clone()]);
+    let spans =
+        crate::jscan::top_level_checked(body, ["model", "stream", "stream_options"]).ok()?;
+    splice_request(body, spans, model, stream)
+}
+
+/// [`verbatim_request`]'s work once the spans of `model`, `stream` and `stream_options`
+/// are known.
+fn splice_request(
+    body: &[u8],
+    [model_at, stream_at, options_at]: [Option<Range<usize>>; 3],
+    model: &str,
+    stream: bool,
+) -> Option<Vec<u8>> {
+    // Spans are read with `get`: on text serde did not accept they may be anything.
+    let text = |r: &Option<Range<usize>>| r.as_ref().and_then(|r| body.get(r.clone()));
     let model_at = model_at?;
     if body.get(model_at.start) != Some(&b'"') {
         return None;
@@ -586,13 +604,13 @@ pub fn verbatim_request(body: &[u8], model: &str, stream: bool) -> Option<Vec<u8
     // The object's closing brace: the last byte that is not whitespace.
     let close = body.iter().rposition(|b| !b.is_ascii_whitespace())?;
     let mut out = Vec::with_capacity(body.len() + model.len() + 40);
-    out.extend_from_slice(&body[..model_at.start]);
+    out.extend_from_slice(body.get(..model_at.start)?);
     serde_json::to_writer(&mut out, model).ok()?;
-    out.extend_from_slice(&body[model_at.end..close]);
+    out.extend_from_slice(body.get(model_at.end..close)?);
     if stream {
         out.extend_from_slice(br#","stream_options":{"include_usage":true}"#);
     }
-    out.extend_from_slice(&body[close..]);
+    out.extend_from_slice(body.get(close..)?);
     Some(out)
 }
 
@@ -1626,6 +1644,72 @@ mod tests {
         assert!(codec
             .encode_verbatim(body.as_bytes(), &req, &sctx)
             .is_some());
+    }
+
+    /// `verbatim_request` skips the grammar check serde already made: on every body serde
+    /// accepts as a `ChatRequest` (a corpus, and every one-byte deletion and a set of
+    /// one-byte substitutions of it that serde still accepts), it returns what the
+    /// checking scan (`jscan::top_level`) followed by the same splice returns.
+    #[test]
+    fn request_bodies_serde_accepted_are_spliced_as_the_checking_scan_splices_them() {
+        fn checking(body: &[u8], model: &str, stream: bool) -> Option<Vec<u8>> {
+            let keys = ["model", "stream", "stream_options"];
+            splice_request(
+                body,
+                crate::jscan::top_level(body, keys).ok()?,
+                model,
+                stream,
+            )
+        }
+        let corpus = [
+            r#"{"model":"openai/gpt-4o","messages":[{"role":"user","content":"hi"}]}"#,
+            " \n{ \"model\" : \"m\" , \"stream\" : true , \"messages\" : [ ] } \t\n",
+            r#"{"messages":[{"role":"user","content":"a \"}\" ] { \\ \u00e9 \ud83d\ude00"}],"model":"m"}"#,
+            r#"{"model":"m","stream":false,"stream_options":null,"max_tokens":64,"temperature":0.5e1,"messages":[]}"#,
+            r#"{"model":"m","stream":null,"metadata":{"a":[1,{"b":"}"}],"c":-0.0},"user":"u","messages":[]}"#,
+            r#"{"model":"m","stream":true,"stream_options":{"include_usage":true},"messages":[]}"#,
+            r#"{"mod\u0065l":"m","messages":[]}"#,
+            r#"{"model":"m\"q\\","messages":[{"role":"user","content":[{"type":"text","text":"x"}]}]}"#,
+            r#"{"model":"m","messages":[],"logit_bias":{"1":2,"\u0031":3},"tools":[{"type":"function","function":{"name":"f","parameters":{"type":"object"}}}]}"#,
+        ];
+        // Runs of plain text past 64 bytes (prompts) are skipped another way.
+        let long = format!(
+            r#"{{"messages":[{{"role":"user","content":"{}\"{}\\n{}"}}],"model":"m","stream":false}}"#,
+            "p".repeat(70),
+            "q".repeat(65),
+            "r".repeat(130)
+        );
+        let accepted = |b: &[u8]| serde_json::from_slice::<ChatRequest>(b).is_ok();
+        let mut compared = 0;
+        for body in corpus.iter().copied().chain([long.as_str()]) {
+            let b = body.as_bytes();
+            assert!(accepted(b), "{body}");
+            let mut variants = vec![b.to_vec()];
+            for i in 0..b.len() {
+                let mut d = b.to_vec();
+                d.remove(i);
+                variants.push(d);
+                for c in [
+                    b' ', b'"', b'\\', b'{', b'}', b'[', b']', b',', b':', b'0', b'x', b'n',
+                ] {
+                    let mut m = b.to_vec();
+                    m[i] = c;
+                    variants.push(m);
+                }
+            }
+            for v in variants.iter().filter(|v| accepted(v)) {
+                for (model, stream) in [("gpt-4o", false), ("gpt-4o", true), ("a\"b", false)] {
+                    assert_eq!(
+                        verbatim_request(v, model, stream),
+                        checking(v, model, stream),
+                        "{}",
+                        String::from_utf8_lossy(v)
+                    );
+                    compared += 1;
+                }
+            }
+        }
+        assert!(compared > 1_000, "{compared}");
     }
 
     #[test]
