@@ -812,10 +812,9 @@ mod tests {
             let mut got: Vec<LedgerRow> = Vec::new();
             let mut pages = 0;
             loop {
-                let after = match got.last() {
-                    Some(last) => Some(s.position(&last.id).unwrap().unwrap()),
-                    None => None,
-                };
+                let after = got
+                    .last()
+                    .map(|last| s.position(&last.id).unwrap().unwrap());
                 let f = LedgerFilter {
                     after,
                     limit: Some(page),
