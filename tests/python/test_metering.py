@@ -195,7 +195,10 @@ def test_request_listing_is_paged_over_http_and_cli(emulator, gateway):
         err = json.loads(raw)["error"]
         assert status == 400 and err["param"] == param and err["type"] == "invalid_request_error", (query, raw)
 
-    # The CLI pages the same way, and says where the next page starts.
+    # The CLI lists the whole window unless --limit caps it; it pages the same way, and
+    # says where the next page starts.
+    out = subprocess.run([BIN, "usage", *cfg, "--by", "request", "--json"], check=True, capture_output=True, text=True)
+    assert [l["group"] for l in json.loads(out.stdout)["lines"]] == sent
     out = subprocess.run([BIN, "usage", *cfg, "--by", "request", "--limit", "4", "--json"],
                          check=True, capture_output=True, text=True)
     first = json.loads(out.stdout)

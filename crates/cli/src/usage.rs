@@ -30,7 +30,8 @@ pub struct UsageArgs {
     /// CSV instead of a table.
     #[arg(long)]
     pub csv: bool,
-    /// With --by request: requests per page (default 1000, at most 100000).
+    /// With --by request: at most this many requests (at most 100000; default: every
+    /// request of the window).
     #[arg(long)]
     pub limit: Option<u64>,
     /// With --by request: the page after this request id (printed at the end of the
@@ -52,7 +53,7 @@ pub fn run(args: UsageArgs) -> anyhow::Result<()> {
     let filter = tollgate_server::api::date_range(args.since.as_deref(), args.until.as_deref())
         .map_err(|e| anyhow::anyhow!(e.message))?;
     // The options are checked before anything is opened.
-    tollgate_server::reports::page_size(by, args.limit, args.after.as_deref())
+    let page = tollgate_server::reports::page_size(by, args.limit, args.after.as_deref(), None)
         .map_err(report_error)?;
     let store = SqliteStore::open(&cfg.data_dir)?;
     // Rows a running (or killed) gateway has journaled but not yet imported.
@@ -64,7 +65,7 @@ pub fn run(args: UsageArgs) -> anyhow::Result<()> {
         by,
         currency,
         &filter,
-        args.limit,
+        page,
         args.after.as_deref(),
     )
     .map_err(report_error)?;

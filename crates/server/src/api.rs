@@ -148,9 +148,15 @@ pub async fn usage(
     };
     let filter = date_range(p.since.as_deref(), p.until.as_deref())?;
     // The options are checked before the journal is synced and the ledger read.
-    crate::reports::page_size(by, p.limit, p.after.as_deref()).map_err(report_error)?;
+    let page = crate::reports::page_size(
+        by,
+        p.limit,
+        p.after.as_deref(),
+        Some(crate::reports::DEFAULT_PAGE),
+    )
+    .map_err(report_error)?;
     let st = state.clone();
-    let (limit, after) = (p.limit, p.after.clone());
+    let after = p.after.clone();
     let rep = tokio::task::spawn_blocking(move || {
         // Rows still in the journal first, so the report sees every answered request.
         st.ledger
@@ -163,7 +169,7 @@ pub async fn usage(
             by,
             currency,
             &filter,
-            limit,
+            page,
             after.as_deref(),
         )
     })

@@ -56,7 +56,8 @@ pub struct UsageReport {
     pub next_after: Option<String>,
 }
 
-/// Requests a page of a `by=request` listing holds unless `limit` says otherwise.
+/// Requests a page of a `by=request` listing over HTTP holds unless `limit` says
+/// otherwise (`tollgate usage` lists the whole window unless told).
 pub const DEFAULT_PAGE: u64 = 1_000;
 /// The most requests one page may hold.
 pub const MAX_PAGE: u64 = 100_000;
@@ -71,13 +72,14 @@ pub enum ReportError {
     Internal(String),
 }
 
-/// The page size of a report: `by=request` listings are paged (`limit`, default
-/// [`DEFAULT_PAGE`], at most [`MAX_PAGE`]; `after`, a request id), other groupings take
-/// neither option.
+/// The page size of a report (`None`: no limit). `by=request` listings may be paged
+/// (`limit`, else `default`, at most [`MAX_PAGE`]; `after`, a request id); other
+/// groupings take neither option.
 pub fn page_size(
     by: GroupBy,
     limit: Option<u64>,
     after: Option<&str>,
+    default: Option<u64>,
 ) -> Result<Option<u64>, ReportError> {
     if by != GroupBy::Request {
         if limit.is_some() || after.is_some() {
@@ -89,9 +91,10 @@ pub fn page_size(
         }
         return Ok(None);
     }
-    match limit.unwrap_or(DEFAULT_PAGE) {
-        n @ 1..=MAX_PAGE => Ok(Some(n)),
-        n => Err(ReportError::Param(
+    match limit.or(default) {
+        None => Ok(None),
+        Some(n @ 1..=MAX_PAGE) => Ok(Some(n)),
+        Some(n) => Err(ReportError::Param(
             "limit",
             format!("'limit' must be between 1 and {MAX_PAGE} (got {n})"),
         )),
@@ -99,17 +102,18 @@ pub fn page_size(
 }
 
 /// A report over `filter`'s window, read row by row ([`LedgerStore::scan`]): grouped
-/// totals, or one page of single requests after the request `after`.
+/// totals, or single requests, at most `page` of them (`None`: all) after the request
+/// `after`.
 pub fn report(
     store: &dyn LedgerStore,
     catalog: &Catalog,
     by: GroupBy,
     currency: Currency,
     filter: &LedgerFilter,
-    limit: Option<u64>,
+    page: Option<u64>,
     after: Option<&str>,
 ) -> Result<UsageReport, ReportError> {
-    let page = page_size(by, limit, after)?;
+    let page = page_size(by, page, after, None)?;
     let mut filter = filter.clone();
     if let Some(id) = after {
         let at = store
@@ -477,6 +481,10 @@ mod tests {
             .collect();
         store.append(&rows).unwrap();
         let all = LedgerFilter::default();
+        let http_page = |limit: Option<u64>| {
+            page_size(GroupBy::Request, limit, None, Some(DEFAULT_PAGE))
+                .map_err(|e| format!("{e:?}"))
+        };
         let page = |limit: Option<u64>, after: Option<&str>| {
             report(
                 &store,
@@ -503,9 +511,14 @@ mod tests {
         // Exactly a page left: no cursor to an empty page.
         let p = page(Some(4), Some("r2")).unwrap();
         assert_eq!((ids(&p).len(), p.next_after), (4, None));
-        // The default page holds them all.
+        // No page size: the whole window (the CLI's default); after a cursor, the rest.
         let p = page(None, None).unwrap();
         assert_eq!((ids(&p).len(), p.next_after), (7, None));
+        assert_eq!(ids(&page(None, Some("r4")).unwrap()), ["r5", "r6"]);
+        // Over HTTP a page holds DEFAULT_PAGE unless `limit` says otherwise.
+        assert_eq!(http_page(None), Ok(Some(DEFAULT_PAGE)));
+        assert_eq!(http_page(Some(7)), Ok(Some(7)));
+        assert!(http_page(Some(0)).is_err());
         // Groupings are never paged.
         let by_model = report(
             &store,
