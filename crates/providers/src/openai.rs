@@ -566,9 +566,9 @@ fn openai_http(ctx: &EncodeCtx<'_>, body: Vec<u8>) -> HttpRequest {
 ///
 /// `body` must be JSON `serde_json` accepted: the body the [`ChatRequest`] handed to
 /// [`Codec::encode_verbatim`] was parsed from. Its grammar is therefore not checked a
-/// second time ([`crate::jscan::top_level_checked`]), which for an 8 KB prompt is most of
-/// the cost (a test holds the result to the checking scan's on every body serde accepts).
-/// On other text it returns `None` or a wrong body, but never panics.
+/// second time ([`crate::jscan::top_level_checked`]), which for an 8 KB prompt was most
+/// of the cost. A test compares the result with the checking scan's on ~8,400 bodies
+/// serde accepts. On other text it returns `None` or a wrong body, but never panics.
 pub fn verbatim_request(body: &[u8], model: &str, stream: bool) -> Option<Vec<u8>> {
     let spans =
         crate::jscan::top_level_checked(body, ["model", "stream", "stream_options"]).ok()?;
