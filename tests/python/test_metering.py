@@ -214,6 +214,36 @@ def test_request_listing_is_paged_over_http_and_cli(emulator, gateway):
     assert bad.returncode != 0 and "--limit" in bad.stderr and "by=request" in bad.stderr
 
 
+def test_a_busy_key_revoked_by_another_process_stops_within_a_second(emulator, gateway):
+    """The gateway renews a busy key's cached record in the background, answering from the
+    cache meanwhile: a revocation written by another process (the CLI) must still end the
+    key within the cache's life, not be outlived by renewals."""
+    gw = gateway(deepseek_config(emulator("deepseek")))
+    cfg = ["--config", str(gw["config"])]
+    key = create_key(cfg, "busy")
+    body = {"model": "deepseek/deepseek-chat", "messages": [{"role": "user", "content": "hi"}]}
+    stop = time.time() + 4.0
+    revoked_at = []
+
+    def worker(_):
+        seen = []  # (time, status) of each answer
+        while time.time() < stop:
+            status, _, _ = post(gw["url"], key, body, timeout=5)
+            seen.append((time.time(), status))
+        return seen
+
+    with cf.ThreadPoolExecutor(8) as pool:
+        futures = [pool.submit(worker, i) for i in range(6)]
+        time.sleep(1.5)  # long past the first renewal
+        subprocess.run([BIN, "keys", *cfg, "revoke", "busy"], check=True, capture_output=True)
+        revoked_at.append(time.time())
+        answers = sorted(a for f in futures for a in f.result())
+    before = [s for t, s in answers if t < revoked_at[0]]
+    assert before.count(200) > 20 and set(before) == {200}, set(before)
+    late = [(round(t - revoked_at[0], 3), s) for t, s in answers if t > revoked_at[0] + 1.0]
+    assert late and all(s == 401 for _, s in late), late[:5]
+
+
 def test_rpm_limit_holds_under_concurrency(emulator, gateway):
     gw = gateway(deepseek_config(emulator("deepseek")))
     out = subprocess.run([BIN, "keys", "--config", str(gw["config"]), "create", "--name", "slow", "--rpm", "5",
