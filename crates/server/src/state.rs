@@ -430,8 +430,8 @@ pub enum Cached {
 /// A record past half its `ttl` is renewed by one background read while requests go on
 /// using it. Before, every request in flight for a key missed at once when its record
 /// expired, each with its own blocking-pool read contending for the SQLite connection
-/// with the ledger importer: at 32 clients on one key, every 500 ms, which cost ~6% of
-/// throughput (bench/README, session 9).
+/// with the ledger importer: at 32 clients on one key, every 500 ms. The renewal gained
+/// ~4% of throughput there (bench/README, session 9).
 pub struct KeyCache {
     ttl: Duration,
     map: RwLock<HashMap<String, CachedKey>>,
